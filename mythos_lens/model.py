@@ -1,0 +1,148 @@
+"""What mythos-lens knows about the upstream OpenMythos model: config, construction, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any
+
+import torch
+from open_mythos.main import MythosConfig, OpenMythos
+
+from mythos_lens.errors import MythosLensError
+
+UPSTREAM_VERSION = "0.5.0"
+
+# Field name -> python type, read from the upstream dataclass so a new upstream field is never missed.
+CONFIG_FIELDS: dict[str, type] = {
+    f.name: type(f.default) for f in dataclasses.fields(MythosConfig)
+}
+
+
+def config_to_dict(cfg: MythosConfig) -> dict[str, Any]:
+    """All MythosConfig fields as a JSON-ready dict."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(raw: dict[str, Any]) -> MythosConfig:
+    """Validate a JSON dict of MythosConfig fields and build the config.
+
+    Unknown fields, missing fields, wrong types and impossible combinations raise MythosLensError.
+    """
+    if not isinstance(raw, dict):
+        raise MythosLensError(f"model config is a {type(raw).__name__}", "a JSON object of fields")
+    unknown = sorted(set(raw) - set(CONFIG_FIELDS))
+    if unknown:
+        raise MythosLensError(
+            f"unknown MythosConfig field(s) {unknown}", f"only {sorted(CONFIG_FIELDS)}"
+        )
+    missing = sorted(set(CONFIG_FIELDS) - set(raw))
+    if missing:
+        raise MythosLensError(f"missing MythosConfig field(s) {missing}", "every field present")
+    values: dict[str, Any] = {}
+    for name, typ in CONFIG_FIELDS.items():
+        v = raw[name]
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+            raise MythosLensError(
+                f"config field {name!r} is {v!r} ({type(v).__name__})", f"a {typ.__name__}"
+            )
+        values[name] = v
+    cfg = MythosConfig(**values)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: MythosConfig) -> None:
+    """Raise MythosLensError for a config upstream would build wrongly or fail on later."""
+    positive = [
+        "vocab_size", "dim", "n_heads", "n_kv_heads", "max_seq_len", "max_loop_iters",
+        "n_experts", "n_experts_per_tok", "expert_dim", "lora_rank",
+    ]  # fmt: skip
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise MythosLensError(f"config {name}={getattr(cfg, name)}", "a positive integer")
+    if cfg.attn_type not in ("gqa", "mla"):
+        raise MythosLensError(f"config attn_type={cfg.attn_type!r}", "'gqa' or 'mla'")
+    if cfg.dim % cfg.n_heads:
+        raise MythosLensError(f"dim={cfg.dim} with n_heads={cfg.n_heads}", "dim divisible by n_heads")
+    if cfg.attn_type == "gqa" and cfg.n_heads % cfg.n_kv_heads:
+        raise MythosLensError(
+            f"n_heads={cfg.n_heads} with n_kv_heads={cfg.n_kv_heads}", "n_heads divisible by n_kv_heads"
+        )
+    if cfg.n_experts_per_tok > cfg.n_experts:
+        raise MythosLensError(
+            f"n_experts_per_tok={cfg.n_experts_per_tok} > n_experts={cfg.n_experts}",
+            "top-k no larger than the number of routed experts",
+        )
+    if (cfg.dim // 8) % 2:
+        raise MythosLensError(
+            f"dim={cfg.dim} gives an odd loop-embedding width dim//8={cfg.dim // 8}",
+            "dim // 8 even (upstream's loop_index_embedding needs it)",
+        )
+    if cfg.prelude_layers < 0 or cfg.coda_layers < 0:
+        raise MythosLensError("negative prelude_layers/coda_layers", "counts >= 0")
+
+
+def build_model(cfg: MythosConfig, seed: int = 0) -> OpenMythos:
+    """A freshly initialised upstream OpenMythos, reproducible from `seed`, in eval mode."""
+    check_config(cfg)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = OpenMythos(cfg)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model.eval()
+
+
+def tiny_config(**overrides: Any) -> MythosConfig:
+    """A small config for tests and demos (all loops fit in milliseconds on a CPU)."""
+    base = dict(
+        vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=32, max_loop_iters=4,
+        prelude_layers=1, coda_layers=1, attn_type="gqa", kv_lora_rank=16, q_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_experts=4, n_shared_experts=1,
+        n_experts_per_tok=2, expert_dim=16, act_threshold=0.99, rope_theta=10000.0, lora_rank=4,
+        max_output_tokens=16, dropout=0.0,
+    )  # fmt: skip
+    base.update(overrides)
+    return MythosConfig(**base)
+
+
+def require_openmythos(model: object) -> OpenMythos:
+    """Return `model` if it is an upstream OpenMythos, else raise MythosLensError."""
+    if not isinstance(model, OpenMythos):
+        raise MythosLensError(
+            f"model is a {type(model).__module__}.{type(model).__qualname__}",
+            f"an open_mythos.OpenMythos (open-mythos {UPSTREAM_VERSION})",
+        )
+    return model
+
+
+# model -> sum of parameter version counters when last found finite; in-place updates bump them.
+_finite_checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def check_finite_weights(model: torch.nn.Module) -> None:
+    """Raise MythosLensError naming the first parameter or buffer holding NaN or inf.
+
+    The scan is skipped while no tensor has changed since the last clean scan.
+    """
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    stamp = sum(t._version for _, t in tensors) + len(tensors) * 1_000_003
+    if _finite_checked.get(model) == stamp:
+        return
+    for name, t in tensors:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise MythosLensError(
+                f"weight {name!r} holds {bad} NaN/inf value(s)", "finite weights everywhere"
+            )
+    _finite_checked[model] = stamp
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's token embedding."""
+    w = model.embed.weight
+    return w.device, w.dtype

@@ -1,0 +1,1 @@
+"""Ground-truth tasks for looped models (see `mythos_lens.tasks.registry`)."""

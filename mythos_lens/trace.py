@@ -1,0 +1,164 @@
+"""The trace: every loop step of one forward pass, aligned on a leading loop axis."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from mythos_lens.errors import MythosLensError
+from mythos_lens.sites import ALL_SITES, LAYER_SITES, LOOP_SITES, STREAM_SITES
+
+TRACE_FORMAT = "mythos-lens-trace/1"
+_GROUPS = ("loop", "stream", "layers", "params")
+
+
+@dataclass
+class Trace:
+    """Tensors captured from one forward pass.
+
+    - ``loop[site]``: ``[loop, batch, pos, ...]`` for every loop step that actually ran
+      (``n_loops`` of them; ACT may stop before ``n_loops_requested``).
+    - ``stream[site]``: ``[batch, pos, ...]`` (embed, e, act_out, logits).
+    - ``layers["prelude" | "coda"]``: ``[layer, batch, pos, d]``.
+    - ``params``: ``injection_A`` / ``injection_B`` ``[d]``, ``lora_scale`` ``[max_loop_iters, rank]``,
+      ``router_bias`` ``[n_experts]``.
+    - ``input_ids``: ``[batch, seq]`` (always the full sequence); ``positions``: ``[pos]``, the
+      sequence positions kept on the ``pos`` axis.
+    - ``meta``: JSON-ready facts (model config, act threshold, loop_dim, lora row used per loop, ...).
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    n_loops: int
+    n_loops_requested: int
+    loop: dict[str, torch.Tensor] = field(default_factory=dict)
+    stream: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: dict[str, torch.Tensor] = field(default_factory=dict)
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- access -------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        for group in (self.loop, self.stream, self.layers, self.params):
+            if name in group:
+                return group[name]
+        known = list(self.loop) + list(self.stream) + list(self.layers) + list(self.params)
+        if name in ALL_SITES:
+            raise MythosLensError(f"site {name!r} was not captured", f"one of {known}")
+        raise MythosLensError(f"unknown site {name!r}", f"one of {known}")
+
+    def __contains__(self, name: str) -> bool:
+        return any(name in g for g in (self.loop, self.stream, self.layers, self.params))
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Final logits ``[batch, pos, vocab]``."""
+        return self.stream["logits"]
+
+    @property
+    def sites(self) -> list[str]:
+        """Names of every captured site."""
+        return list(self.loop) + list(self.stream) + list(self.layers)
+
+    def delta(self, site: str = "resid_post") -> torch.Tensor:
+        """Step of a loop site ``[loop, batch, pos, d]``: ``x_t - x_{t-1}``, with ``x_{-1} = e`` for
+        ``resid_post`` (h_0 is the prelude output) and no step for loop 0 otherwise (then
+        ``[loop-1, ...]``)."""
+        x = self[site]
+        if site == "resid_post" and "e" in self.stream:
+            prev = torch.cat([self.stream["e"].unsqueeze(0).to(x.dtype), x[:-1]], dim=0)
+            return x - prev
+        return x[1:] - x[:-1]
+
+    # -- tables -------------------------------------------------------------------------------
+    def to_frame(self, site: str) -> pd.DataFrame:
+        """Tidy table of one site: one row per element, index columns named after the axes
+        (``loop``/``layer``, ``batch``, ``pos`` (sequence position), then ``channel``/``expert``/
+        ``slot``), and ``value``."""
+        x = self[site]
+        if site in LOOP_SITES:
+            lead = ["loop", "batch", "pos"]
+        elif site in LAYER_SITES:
+            lead = ["layer", "batch", "pos"]
+        elif site in STREAM_SITES:
+            lead = ["batch", "pos"]
+        else:
+            lead = ["index"]
+        tail = {
+            "router_logits": ["expert"],
+            "expert_ids": ["slot"],
+            "expert_weights": ["slot"],
+            "logits": ["token"],
+        }.get(site, ["channel"])
+        names = (lead + tail)[: x.dim()]
+        arr = x.detach().float().cpu().numpy() if x.is_floating_point() else x.cpu().numpy()
+        grids = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
+        df = pd.DataFrame({n: g.ravel() for n, g in zip(names, grids, strict=True)})
+        if "pos" in df.columns:
+            df["pos"] = self.positions.cpu().numpy()[df["pos"].to_numpy()]
+        df["value"] = arr.ravel()
+        return df
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace as one safetensors file (tensors) with its JSON facts in the header."""
+        path = Path(path)
+        tensors = {"input_ids": self.input_ids, "positions": self.positions}
+        for gname in _GROUPS:
+            for k, v in getattr(self, gname).items():
+                tensors[f"{gname}/{k}"] = v.detach().cpu().contiguous()
+        header = {
+            "format": TRACE_FORMAT,
+            "n_loops": self.n_loops,
+            "n_loops_requested": self.n_loops_requested,
+            "meta": self.meta,
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(
+                {k: v.cpu().contiguous() for k, v in tensors.items()},
+                tmp,
+                metadata={"mythos_lens": json.dumps(header)},
+            )
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Trace:
+        """Read a trace written by :meth:`save` (safetensors only, never pickle)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads((f.metadata() or {}).get("mythos_lens", "{}"))
+            tensors = load_file(str(path))
+        except Exception as exc:
+            raise MythosLensError(f"{path} could not be read ({exc})", "a saved trace") from None
+        if header.get("format") != TRACE_FORMAT:
+            raise MythosLensError(f"{path} has format {header.get('format')!r}", TRACE_FORMAT)
+        groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in _GROUPS}
+        for k, v in tensors.items():
+            if "/" in k:
+                g, name = k.split("/", 1)
+                groups[g][name] = v
+        return cls(
+            input_ids=tensors["input_ids"],
+            positions=tensors["positions"],
+            n_loops=header["n_loops"],
+            n_loops_requested=header["n_loops_requested"],
+            meta=header["meta"],
+            **groups,
+        )
