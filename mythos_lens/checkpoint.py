@@ -95,15 +95,13 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
-def load_checkpoint(
-    directory: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-) -> OpenMythos:
-    """Load a checkpoint into a fresh upstream OpenMythos (eval mode) on `device`/`dtype`.
+def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> OpenMythos:
+    """Load a checkpoint into a fresh upstream OpenMythos (eval mode, float32) on `device`.
 
     Every tensor's name, shape and dtype is checked against what the config builds; the first
-    mismatch is named. The weights file is read with safetensors only (no pickle).
+    mismatch is named. The weights file is read with safetensors only (no pickle). For bf16, run
+    under ``torch.autocast(device_type, dtype=torch.bfloat16)``: upstream 0.5.0 cannot run with
+    bf16 weights (its float32 attention mask and complex RoPE tables break ``model.to(bf16)``).
     """
     raw = read_config(directory)
     cfg = config_from_dict(raw["mythos_config"])
@@ -139,7 +137,4 @@ def load_checkpoint(
     model.load_state_dict(loaded, strict=False)
     model.head.weight = model.embed.weight  # keep the tie upstream sets up
     check_finite_weights(model)
-    model = model.to(device=device)
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    return model.eval()
+    return model.to(device=device).eval()

@@ -1,0 +1,435 @@
+"""Hooks in, trace out: per-loop capture of an unmodified upstream OpenMythos.
+
+One torch forward hook per upstream module turns the forward pass into a stream of *site events*
+``(site, loop t, value)``. A loop counter advances each time the recurrent block's input norm runs
+(once per loop step, before anything else in the step) and is checked against the loop index that
+upstream hands the LoRA adapter. Visitors (capture, interventions, TransformerLens hook points) see
+each event in order and may return a replacement value. Hooks are removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from open_mythos.main import OpenMythos
+
+from mythos_lens.errors import MythosLensError
+from mythos_lens.model import (
+    check_finite_weights,
+    config_to_dict,
+    model_device_dtype,
+    require_openmythos,
+)
+from mythos_lens.sites import LAYER_SITES, LOOP_SITES, STREAM_SITES, resolve_sites
+from mythos_lens.trace import Trace
+
+
+@dataclass
+class SiteEvent:
+    """What a visitor is told about one site value.
+
+    ``loop`` is the loop step (``None`` for stream sites), ``layer`` the prelude/coda layer index
+    (``None`` otherwise); ``model`` is the OpenMythos being run, ``inputs`` the module's inputs.
+    """
+
+    site: str
+    loop: int | None
+    layer: int | None
+    model: OpenMythos
+    inputs: tuple = ()
+
+
+class Visitor(Protocol):
+    """Anything called at each site event; returns a replacement value or ``None``."""
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None: ...
+
+
+@dataclass
+class _ForwardState:
+    loop: int = -1
+    batch: int = 0
+    seq: int = 0
+    cum_p: torch.Tensor | None = None
+    halted: torch.Tensor | None = None
+    visitors: list = field(default_factory=list)
+
+
+class LoopSession:
+    """Installs the hooks for one or more forwards and dispatches site events to visitors."""
+
+    def __init__(self, model: OpenMythos, visitors: Sequence[Visitor]) -> None:
+        self.model = require_openmythos(model)
+        self.visitors = list(visitors)
+        self.state = _ForwardState()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def emit(
+        self,
+        site: str,
+        value: torch.Tensor,
+        inputs: tuple = (),
+        layer: int | None = None,
+        read_only: bool = False,
+    ) -> torch.Tensor:
+        loop = self.state.loop if site in LOOP_SITES else None
+        event = SiteEvent(site, loop, layer, self.model, inputs)
+        for visit in self.visitors:
+            out = visit(event, value)
+            if out is None or out is value:
+                continue
+            if read_only:
+                raise MythosLensError(
+                    f"a hook replaced the derived site {site!r}",
+                    "edits at router_logits (or force_experts) for expert choices, at "
+                    "halt_prob for ACT; derived sites are read-only",
+                )
+            if out.shape != value.shape:
+                raise MythosLensError(
+                    f"replacement for {site!r} has shape {tuple(out.shape)}",
+                    f"shape {tuple(value.shape)}",
+                )
+            value = out.to(dtype=value.dtype, device=value.device)
+        return value
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _hook(self, module: torch.nn.Module, fn: Any, pre: bool = False) -> None:
+        if pre:
+            h = module.register_forward_pre_hook(fn, with_kwargs=True)
+        else:
+            h = module.register_forward_hook(fn, with_kwargs=True)
+        self._handles.append(h)
+
+    def _install(self) -> None:
+        m = self.model
+        rec = m.recurrent
+        st = self.state
+
+        def on_embed(mod, args, kwargs, out):
+            return self.emit("embed", out, args)
+
+        def on_layer(group: str, i: int):
+            def hook(mod, args, kwargs, out):
+                return self.emit(group, out, args, layer=i)
+
+            return hook
+
+        def on_recurrent_pre(mod, args, kwargs):
+            h = args[0] if args else kwargs["h"]
+            e = args[1] if len(args) > 1 else kwargs["e"]
+            st.loop = -1
+            st.batch, st.seq = h.shape[0], h.shape[1]
+            st.cum_p = torch.zeros(st.batch, st.seq, device=h.device)
+            st.halted = torch.zeros(st.batch, st.seq, device=h.device, dtype=torch.bool)
+            new_e = self.emit("e", e, args)
+            if new_e is e:
+                return None
+            # h_0 is the prelude output too: a patched e is the patched starting state.
+            rest = args[2:] if len(args) > 2 else ()
+            return (new_e, new_e, *rest), kwargs
+
+        def on_norm_pre(mod, args, kwargs):
+            st.loop += 1
+
+        def on_block_in(mod, args, kwargs, out):
+            return self.emit("block_in", out, args)
+
+        def on_router(mod, args, kwargs, out):
+            logits = out.view(st.batch, st.seq, -1)
+            new = self.emit("router_logits", logits, args)
+            ffn = rec.block.ffn
+            # Exactly upstream's selection: top-k of biased logits, unbiased renormalised gate.
+            flat = new.reshape(st.batch * st.seq, -1)
+            scores = F.softmax(flat, dim=-1)
+            _, ids = (flat + ffn.router_bias).topk(ffn.topk, dim=-1)
+            w = scores.gather(-1, ids)
+            w = w / w.sum(dim=-1, keepdim=True)
+            shape = (st.batch, st.seq, ffn.topk)
+            self.emit("expert_ids", ids.view(shape), args, read_only=True)
+            self.emit("expert_weights", w.view(shape), args, read_only=True)
+            return None if new is logits else new.reshape(out.shape)
+
+        def on_block(mod, args, kwargs, out):
+            return self.emit("block_out", out, args)
+
+        def on_lora(mod, args, kwargs, out):
+            t = args[1] if len(args) > 1 else kwargs["loop_t"]
+            if int(t) != st.loop:
+                raise MythosLensError(
+                    f"loop counter {st.loop} disagrees with upstream loop index {int(t)}",
+                    "the call order of open-mythos 0.5.0's RecurrentBlock",
+                )
+            return self.emit("lora_delta", out, args)
+
+        def on_injection(mod, args, kwargs, out):
+            return self.emit("resid_post", out, args)
+
+        def on_act(mod, args, kwargs, out):
+            p = self.emit("halt_prob", out, args)
+            # Replays upstream's ACT bookkeeping op for op, so the values are bit-identical.
+            thr = m.cfg.act_threshold
+            still = ~st.halted
+            remainder = (1.0 - st.cum_p).clamp(min=0)
+            weight = torch.where(st.cum_p + p >= thr, remainder, p) * still.float()
+            st.cum_p = st.cum_p + p * still.float()
+            st.halted = st.halted | (st.cum_p >= thr)
+            self.emit("act_weight", weight, args, read_only=True)
+            self.emit("cum_halt_prob", st.cum_p, args, read_only=True)
+            return None if p is out else p
+
+        def on_recurrent(mod, args, kwargs, out):
+            return self.emit("act_out", out, args)
+
+        self._hook(m.embed, on_embed)
+        for i, layer in enumerate(m.prelude):
+            self._hook(layer, on_layer("prelude", i))
+        self._hook(rec, on_recurrent_pre, pre=True)
+        self._hook(rec.norm, on_norm_pre, pre=True)
+        self._hook(rec.norm, on_block_in)
+        self._hook(rec.block.ffn.router, on_router)
+        self._hook(rec.block, on_block)
+        self._hook(rec.lora, on_lora)
+        self._hook(rec.injection, on_injection)
+        self._hook(rec.act, on_act)
+        self._hook(rec, on_recurrent)
+        for i, layer in enumerate(m.coda):
+            self._hook(layer, on_layer("coda", i))
+
+    def remove(self) -> None:
+        """Remove every hook this session installed."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[LoopSession]:
+        """Hooks live exactly for the ``with`` body, also when it raises."""
+        self._install()
+        try:
+            yield self
+        finally:
+            self.remove()
+
+    @property
+    def loops_run(self) -> int:
+        """Loop steps run by the last forward."""
+        return self.state.loop + 1
+
+
+class CaptureVisitor:
+    """Keeps the chosen sites, sliced to `positions`, cast to `dtype` and moved to `device`."""
+
+    def __init__(
+        self,
+        sites: Sequence[str],
+        positions: torch.Tensor | None,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.sites = set(sites)
+        self.positions = positions
+        self.device = device
+        self.dtype = dtype
+        self.loop: dict[str, list[torch.Tensor]] = {}
+        self.stream: dict[str, torch.Tensor] = {}
+        self.layers: dict[str, list[torch.Tensor]] = {}
+
+    def _store(self, value: torch.Tensor) -> torch.Tensor:
+        x = value.detach()
+        if self.positions is not None and x.dim() >= 2:
+            x = x.index_select(1, self.positions.to(x.device))
+        dtype = self.dtype if (self.dtype is not None and x.is_floating_point()) else None
+        if dtype is not None or self.device is not None:
+            x = x.to(device=self.device, dtype=dtype)
+        return x
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> None:
+        if event.site not in self.sites:
+            return None
+        if event.site in LOOP_SITES:
+            self.loop.setdefault(event.site, []).append(self._store(value))
+        elif event.site in LAYER_SITES:
+            self.layers.setdefault(event.site, []).append(self._store(value))
+        else:
+            self.stream[event.site] = self._store(value)
+        return None
+
+
+def as_input_ids(input_ids: Any, model: OpenMythos) -> torch.Tensor:
+    """Validate token ids and return them as ``[batch, seq]`` int64 on the model's device.
+
+    Accepts a tensor, numpy array or nested list, ``[seq]`` or ``[batch, seq]``.
+    """
+    if not isinstance(input_ids, torch.Tensor):
+        try:
+            input_ids = torch.as_tensor(input_ids)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise MythosLensError(
+                f"input_ids could not be read as a tensor ({exc})", "integer token ids"
+            ) from None
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise MythosLensError(f"input_ids have dtype {input_ids.dtype}", "integer token ids")
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    if input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise MythosLensError(
+            f"input_ids have shape {tuple(input_ids.shape)}", "a non-empty [batch, seq] or [seq]"
+        )
+    cfg = model.cfg
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= cfg.vocab_size:
+        bad = lo if lo < 0 else hi
+        raise MythosLensError(
+            f"token id {bad} is outside the vocabulary", f"ids in [0, {cfg.vocab_size - 1}]"
+        )
+    if input_ids.shape[1] > cfg.max_seq_len:
+        raise MythosLensError(
+            f"sequence length {input_ids.shape[1]} exceeds max_seq_len",
+            f"at most {cfg.max_seq_len} tokens",
+        )
+    device, _ = model_device_dtype(model)
+    return input_ids.to(device=device, dtype=torch.long)
+
+
+def check_n_loops(n_loops: Any, model: OpenMythos) -> int:
+    """Validate ``n_loops`` (``None`` means the model's ``max_loop_iters``)."""
+    if n_loops is None:
+        return model.cfg.max_loop_iters
+    if isinstance(n_loops, bool) or not isinstance(n_loops, int) or n_loops < 1:
+        raise MythosLensError(f"n_loops={n_loops!r}", "an integer >= 1")
+    return n_loops
+
+
+def _positions(positions: Any, seq: int) -> torch.Tensor | None:
+    if positions is None:
+        return None
+    pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    if pos.numel() == 0 or int(pos.min()) < -seq or int(pos.max()) >= seq:
+        raise MythosLensError(
+            f"positions {pos.tolist()} for a sequence of {seq}", f"indices in [-{seq}, {seq - 1}]"
+        )
+    return torch.remainder(pos, seq)
+
+
+def _model_params(model: OpenMythos) -> dict[str, torch.Tensor]:
+    rec = model.recurrent
+    with torch.no_grad():
+        return {
+            "injection_A": rec.injection.get_A().detach().cpu().float(),
+            "injection_B": rec.injection.B.detach().cpu().float(),
+            "lora_scale": rec.lora.scale.weight.detach().cpu().float(),
+            "router_bias": rec.block.ffn.router_bias.detach().cpu().float(),
+        }
+
+
+def run(
+    model: OpenMythos,
+    input_ids: Any,
+    *,
+    n_loops: int | None = None,
+    visitors: Sequence[Visitor] = (),
+    run_all_loops: bool = False,
+    grad: bool = False,
+) -> tuple[torch.Tensor, int]:
+    """Run one forward pass with visitors attached; returns ``(logits [batch, seq, vocab],
+    loops_run)``.
+
+    ``run_all_loops=True`` passes upstream an empty KV cache, which disables ACT's early exit
+    without changing any value: halted positions keep contributing zero weight.
+    """
+    model = require_openmythos(model)
+    check_finite_weights(model)
+    ids = as_input_ids(input_ids, model)
+    n = check_n_loops(n_loops, model)
+    session = LoopSession(model, visitors)
+    grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
+    with session.installed(), grad_ctx:
+        logits = model(ids, n_loops=n, kv_cache={} if run_all_loops else None)
+        logits = session.emit("logits", logits, read_only=True)
+    return logits, session.loops_run
+
+
+def capture(
+    model: OpenMythos,
+    input_ids: Any,
+    *,
+    n_loops: int | None = None,
+    sites: str | Sequence[str] | None = None,
+    positions: Any = None,
+    store_device: torch.device | str | None = "cpu",
+    store_dtype: torch.dtype | None = None,
+    interventions: Sequence[Visitor] = (),
+    run_all_loops: bool = False,
+) -> Trace:
+    """Run one forward pass of `model` on `input_ids` ``[batch, seq]`` and capture every loop step.
+
+    Args:
+        n_loops: loop steps requested (default ``max_loop_iters``; may exceed it). ACT may run
+            fewer: the trace holds exactly the steps that ran (``trace.n_loops``).
+        sites: site names to keep (default all; see ``mythos_lens.sites``). Logits are always kept.
+        positions: sequence positions to keep on the ``pos`` axis (default all).
+        store_device / store_dtype: where and in what floating dtype captured tensors are kept
+            (``None`` = as computed).
+        interventions: visitors applied before capture sees a value (see
+            ``mythos_lens.interventions``); the trace records the intervened run.
+        run_all_loops: disable ACT early exit (values unchanged) so every requested loop runs.
+
+    Returns:
+        A :class:`Trace` whose loop sites are ``[loop, batch, pos, ...]``.
+    """
+    model = require_openmythos(model)
+    chosen = resolve_sites(sites)
+    ids = as_input_ids(input_ids, model)
+    pos = _positions(positions, ids.shape[1])
+    keeper = CaptureVisitor(chosen, pos, store_device, store_dtype)
+    n_req = check_n_loops(n_loops, model)
+    _, loops_run = run(
+        model,
+        ids,
+        n_loops=n_req,
+        visitors=[*interventions, keeper],
+        run_all_loops=run_all_loops,
+    )
+    cfg = model.cfg
+    max_row = cfg.max_loop_iters - 1
+    meta = {
+        "config": config_to_dict(cfg),
+        "act_threshold": cfg.act_threshold,
+        "loop_dim": cfg.dim // 8,
+        "n_experts": cfg.n_experts,
+        "top_k": cfg.n_experts_per_tok,
+        "n_shared_experts": cfg.n_shared_experts,
+        "lora_row": [min(t, max_row) for t in range(loops_run)],
+        "run_all_loops": run_all_loops,
+        "interventions": [repr(v) for v in interventions],
+    }
+    return Trace(
+        input_ids=ids.detach().cpu(),
+        positions=(pos if pos is not None else torch.arange(ids.shape[1])).cpu(),
+        n_loops=loops_run,
+        n_loops_requested=n_req,
+        loop={k: torch.stack(v) for k, v in keeper.loop.items()},
+        stream=dict(keeper.stream),
+        layers={k: torch.stack(v) for k, v in keeper.layers.items()},
+        params=_model_params(model),
+        meta=meta,
+    )
+
+
+__all__ = [
+    "SiteEvent",
+    "Visitor",
+    "LoopSession",
+    "CaptureVisitor",
+    "capture",
+    "run",
+    "as_input_ids",
+    "check_n_loops",
+    "STREAM_SITES",
+]

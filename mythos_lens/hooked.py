@@ -1,0 +1,90 @@
+"""TransformerLens idioms with a loop axis: one HookPoint per loop step and site.
+
+TransformerLens keeps only the last call of a HookPoint that fires several times per forward, so
+every loop step gets its own: ``recurrent.loop.{t}.hook_{site}`` for each loop site, plus
+``prelude.{i}.hook_resid_post``, ``coda.{i}.hook_resid_post``, ``hook_embed``, ``hook_e``,
+``hook_act_out`` and ``hook_logits``. ``run_with_cache`` keeps every loop; ``run_with_hooks`` may
+edit any editable site (derived sites such as ``expert_ids`` are read-only).
+
+Deliberately not mapped: attention patterns and individual experts' outputs inside the block (they
+are not sites of ours), and KV-cached generation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from open_mythos.main import OpenMythos
+from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from mythos_lens.capture import SiteEvent, check_n_loops, run
+from mythos_lens.errors import MythosLensError
+from mythos_lens.model import require_openmythos
+from mythos_lens.sites import LOOP_SITES
+
+
+class _LoopHooks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        for site in LOOP_SITES:
+            self.add_module(f"hook_{site}", HookPoint())
+
+
+class _LayerHooks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_resid_post = HookPoint()
+
+
+class HookedMythos(HookedRootModule):
+    """A TransformerLens ``HookedRootModule`` around an unmodified OpenMythos.
+
+    ``max_loops`` HookPoint sets are made (default: ``max(16, 2 * max_loop_iters)``); running more
+    loops than that raises. The wrapped model is not a submodule (TransformerLens's ``setup``
+    would write names onto upstream modules): move the OpenMythos itself between devices.
+    """
+
+    def __init__(self, model: OpenMythos, max_loops: int | None = None) -> None:
+        super().__init__()
+        model = require_openmythos(model)
+        object.__setattr__(self, "model", model)
+        cfg = model.cfg
+        n = max_loops if max_loops is not None else max(16, 2 * cfg.max_loop_iters)
+        self.max_loops = check_n_loops(n, model)
+        self.hook_embed = HookPoint()
+        self.hook_e = HookPoint()
+        self.hook_act_out = HookPoint()
+        self.hook_logits = HookPoint()
+        self.prelude = nn.ModuleList(_LayerHooks() for _ in range(cfg.prelude_layers))
+        self.recurrent = nn.Module()
+        self.recurrent.loop = nn.ModuleList(_LoopHooks() for _ in range(self.max_loops))
+        self.coda = nn.ModuleList(_LayerHooks() for _ in range(cfg.coda_layers))
+        self.setup()
+
+    def _hook_point(self, event: SiteEvent) -> HookPoint:
+        if event.site in LOOP_SITES:
+            return getattr(self.recurrent.loop[event.loop], f"hook_{event.site}")
+        if event.layer is not None:
+            return getattr(self, event.site)[event.layer].hook_resid_post
+        return getattr(self, f"hook_{event.site}")
+
+    def _visit(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor:
+        return self._hook_point(event)(value)
+
+    def forward(
+        self, input_ids: Any, n_loops: int | None = None, run_all_loops: bool = False
+    ) -> torch.Tensor:
+        """Logits ``[batch, seq, vocab]`` of the wrapped model, with every HookPoint called."""
+        n = check_n_loops(n_loops, self.model)
+        if n > self.max_loops:
+            raise MythosLensError(
+                f"n_loops={n} but only {self.max_loops} loops have hook points",
+                f"n_loops <= {self.max_loops} (or HookedMythos(model, max_loops={n}))",
+            )
+        logits, _ = run(
+            self.model, input_ids, n_loops=n, visitors=[self._visit], run_all_loops=run_all_loops
+        )
+        return logits

@@ -1,0 +1,256 @@
+"""Interventions per loop step: each is a visitor passed to ``capture(..., interventions=[...])``
+or ``run(..., visitors=[...])``.
+
+- :class:`AblateLora` — remove the depth-wise LoRA delta at chosen loops.
+- :class:`SetLoraScale` — recompute the LoRA delta at chosen loops with another scale vector
+  (e.g. the mean over loops).
+- :class:`Patch` — replace a site's value at a loop (e.g. ``resid_post`` from another input's trace).
+- :class:`ForceExperts` — make the router choose given experts at a loop.
+- :class:`FreezeRouter` — reuse the experts chosen at one loop for later loops, in the same pass.
+- :class:`EditSite` — call your own function on a site (what ``run_with_hooks`` does).
+
+Running more loops than trained is ``capture(model, ids, n_loops=N)``; ``run_all_loops=True``
+keeps ACT from stopping early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from mythos_lens.capture import SiteEvent
+from mythos_lens.errors import MythosLensError
+from mythos_lens.sites import ALL_SITES, LOOP_SITES
+from mythos_lens.trace import Trace
+
+
+def _loop_set(loops: int | Iterable[int] | None) -> frozenset[int] | None:
+    if loops is None:
+        return None
+    if isinstance(loops, int):
+        loops = [loops]
+    out = []
+    for t in loops:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise MythosLensError(f"loop index {t!r}", "integers >= 0")
+        out.append(t)
+    return frozenset(out)
+
+
+def _check_loop(loop: Any) -> int:
+    if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
+        raise MythosLensError(f"loop={loop!r}", "an integer >= 0")
+    return loop
+
+
+class AblateLora:
+    """Zero the LoRA delta at `loops` (all loops when ``None``); other loops are untouched."""
+
+    def __init__(self, loops: int | Iterable[int] | None = None) -> None:
+        self.loops = _loop_set(loops)
+
+    def __repr__(self) -> str:
+        return f"AblateLora(loops={sorted(self.loops) if self.loops is not None else 'all'})"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != "lora_delta" or (self.loops is not None and event.loop not in self.loops):
+            return None
+        return torch.zeros_like(value)
+
+
+class SetLoraScale:
+    """At `loops`, recompute the LoRA delta as ``(down(x) * scale) @ B`` with `scale` ``[rank]``
+    instead of the loop's own row; ``scale="mean"`` uses the mean row over the trained loops."""
+
+    def __init__(self, loops: int | Iterable[int] | None, scale: torch.Tensor | str = "mean") -> None:
+        self.loops = _loop_set(loops)
+        if isinstance(scale, str) and scale != "mean":
+            raise MythosLensError(f"scale={scale!r}", "a [rank] tensor or 'mean'")
+        self.scale = scale
+
+    def __repr__(self) -> str:
+        s = self.scale if isinstance(self.scale, str) else "tensor"
+        return f"SetLoraScale(loops={sorted(self.loops or [])}, scale={s})"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != "lora_delta" or (self.loops is not None and event.loop not in self.loops):
+            return None
+        lora = event.model.recurrent.lora
+        table = lora.scale.weight
+        s = table.mean(0) if isinstance(self.scale, str) else self.scale
+        s = s.to(device=table.device, dtype=table.dtype)
+        if s.shape != table.shape[1:]:
+            raise MythosLensError(f"LoRA scale of shape {tuple(s.shape)}", f"[{table.shape[1]}]")
+        x = event.inputs[0]
+        return (lora.down(x) * s) @ lora.B
+
+
+class Patch:
+    """Replace `site` at `loop` (``None`` for stream sites such as ``e``) with `value`.
+
+    `value` is ``[batch, seq, ...]`` for the whole sequence, or ``[batch, len(positions), ...]``
+    when `positions` is given (only those positions are replaced). :meth:`from_trace` takes the
+    value from another run's trace (which must hold those positions).
+    """
+
+    def __init__(
+        self,
+        site: str,
+        loop: int | None,
+        value: torch.Tensor,
+        positions: Iterable[int] | None = None,
+    ) -> None:
+        if site not in ALL_SITES or not ALL_SITES[site].editable or site in ("prelude", "coda"):
+            editable = [s for s, v in ALL_SITES.items() if v.editable]
+            raise MythosLensError(f"cannot patch site {site!r}", f"one of {editable}")
+        if site in LOOP_SITES:
+            loop = _check_loop(loop)
+        elif loop is not None:
+            raise MythosLensError(f"loop={loop} for stream site {site!r}", "loop=None")
+        self.site, self.loop, self.value = site, loop, value.detach()
+        self.positions = None if positions is None else torch.as_tensor(list(positions))
+
+    @classmethod
+    def from_trace(
+        cls, trace: Trace, site: str, loop: int | None, positions: Iterable[int] | None = None
+    ) -> Patch:
+        """Patch with `trace`'s value of `site` at `loop` (at `positions`, default all kept)."""
+        if site in LOOP_SITES:
+            loop = _check_loop(loop)
+            if loop >= trace.n_loops:
+                raise MythosLensError(
+                    f"loop {loop} of a trace that ran {trace.n_loops} loops",
+                    f"a loop in [0, {trace.n_loops - 1}]",
+                )
+            src = trace[site][loop]
+        else:
+            src = trace[site]
+        kept = trace.positions.tolist()
+        if positions is None:
+            if kept != list(range(trace.input_ids.shape[1])):
+                return cls(site, loop, src, positions=kept)
+            return cls(site, loop, src)
+        idx = []
+        for p in positions:
+            if p not in kept:
+                raise MythosLensError(f"position {p} is not in the trace", f"one of {kept}")
+            idx.append(kept.index(p))
+        return cls(site, loop, src[:, idx], positions=list(positions))
+
+    def __repr__(self) -> str:
+        return f"Patch({self.site!r}, loop={self.loop}, positions={self.positions})"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != self.site or event.loop != self.loop:
+            return None
+        new = self.value.to(device=value.device, dtype=value.dtype)
+        if self.positions is None:
+            if new.shape != value.shape:
+                raise MythosLensError(
+                    f"patch for {self.site!r} has shape {tuple(new.shape)}",
+                    f"{tuple(value.shape)}",
+                )
+            return new
+        out = value.clone()
+        pos = self.positions.to(value.device)
+        if new.shape != (value.shape[0], len(pos), *value.shape[2:]):
+            raise MythosLensError(
+                f"patch for {self.site!r} at {len(pos)} positions has shape {tuple(new.shape)}",
+                f"{(value.shape[0], len(pos), *value.shape[2:])}",
+            )
+        out[:, pos] = new
+        return out
+
+
+def force_router_logits(
+    logits: torch.Tensor, router_bias: torch.Tensor, expert_ids: torch.Tensor
+) -> torch.Tensor:
+    """Shift `logits` ``[batch, seq, E]`` so upstream's top-k picks `expert_ids` ``[batch, seq, k]``.
+
+    The same constant is added to every chosen expert of a token, so the renormalised gate over
+    the chosen experts (upstream's weights) stays the model's own.
+    """
+    E = logits.shape[-1]
+    ids = expert_ids.to(device=logits.device, dtype=torch.long)
+    if ids.shape[:-1] != logits.shape[:-1]:
+        raise MythosLensError(
+            f"forced expert ids of shape {tuple(ids.shape)}", f"[{', '.join(map(str, logits.shape[:-1]))}, k]"
+        )
+    if int(ids.min()) < 0 or int(ids.max()) >= E:
+        raise MythosLensError("forced expert id outside the routed experts", f"ids in [0, {E - 1}]")
+    mask = torch.zeros_like(logits).scatter_(-1, ids, 1.0)
+    if not torch.equal(mask.sum(-1), torch.full_like(mask[..., 0], ids.shape[-1])):
+        raise MythosLensError("forced expert ids repeat within a token", "k distinct ids per token")
+    biased = logits + router_bias
+    margin = biased.amax(-1, keepdim=True) - biased.amin(-1, keepdim=True) + 1.0
+    return logits + margin * mask
+
+
+class ForceExperts:
+    """At `loop`, make the router choose `expert_ids` ``[batch, seq, k]`` (k = the model's top-k)."""
+
+    def __init__(self, loop: int, expert_ids: torch.Tensor) -> None:
+        self.loop = _check_loop(loop)
+        self.expert_ids = expert_ids
+
+    def __repr__(self) -> str:
+        return f"ForceExperts(loop={self.loop})"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != "router_logits" or event.loop != self.loop:
+            return None
+        ffn = event.model.recurrent.block.ffn
+        if self.expert_ids.shape[-1] != ffn.topk:
+            raise MythosLensError(f"{self.expert_ids.shape[-1]} forced experts per token", f"{ffn.topk}")
+        return force_router_logits(value, ffn.router_bias, self.expert_ids)
+
+
+class FreezeRouter:
+    """Reuse the experts chosen at `source_loop` at every later loop in `loops` (default: all later
+    loops), within the same forward pass."""
+
+    def __init__(self, source_loop: int = 0, loops: int | Iterable[int] | None = None) -> None:
+        self.source_loop = _check_loop(source_loop)
+        self.loops = _loop_set(loops)
+        self._ids: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"FreezeRouter(source_loop={self.source_loop}, loops={self.loops or 'later'})"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != "router_logits":
+            return None
+        ffn = event.model.recurrent.block.ffn
+        if event.loop == self.source_loop:
+            self._ids = (value + ffn.router_bias).topk(ffn.topk, dim=-1).indices
+            return None
+        targeted = event.loop > self.source_loop if self.loops is None else event.loop in self.loops
+        if not targeted or self._ids is None:
+            return None
+        return force_router_logits(value, ffn.router_bias, self._ids)
+
+
+class EditSite:
+    """Call ``fn(value, event) -> value | None`` at `site` for loops in `loops` (all when None)."""
+
+    def __init__(
+        self,
+        site: str,
+        fn: Callable[[torch.Tensor, SiteEvent], torch.Tensor | None],
+        loops: int | Iterable[int] | None = None,
+    ) -> None:
+        if site not in ALL_SITES:
+            raise MythosLensError(f"unknown site {site!r}", f"one of {list(ALL_SITES)}")
+        self.site, self.fn, self.loops = site, fn, _loop_set(loops)
+
+    def __repr__(self) -> str:
+        return f"EditSite({self.site!r}, loops={sorted(self.loops) if self.loops else 'all'})"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != self.site:
+            return None
+        if self.loops is not None and event.loop not in self.loops:
+            return None
+        return self.fn(value, event)
