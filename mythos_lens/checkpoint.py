@@ -133,7 +133,9 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         raise MythosLensError(f"{path} could not be read ({exc})", "a safetensors file") from None
     extra = sorted(names - set(expected))
     if extra:
-        raise MythosLensError(f"{path} has unexpected tensor {extra[0]!r}", "only the model's tensors")
+        raise MythosLensError(
+            f"{path} has unexpected tensor {extra[0]!r}", "only the model's tensors"
+        )
     model.load_state_dict(loaded, strict=False)
     model.head.weight = model.embed.weight  # keep the tie upstream sets up
     check_finite_weights(model)

@@ -64,7 +64,9 @@ class SetLoraScale:
     """At `loops`, recompute the LoRA delta as ``(down(x) * scale) @ B`` with `scale` ``[rank]``
     instead of the loop's own row; ``scale="mean"`` uses the mean row over the trained loops."""
 
-    def __init__(self, loops: int | Iterable[int] | None, scale: torch.Tensor | str = "mean") -> None:
+    def __init__(
+        self, loops: int | Iterable[int] | None, scale: torch.Tensor | str = "mean"
+    ) -> None:
         self.loops = _loop_set(loops)
         if isinstance(scale, str) and scale != "mean":
             raise MythosLensError(f"scale={scale!r}", "a [rank] tensor or 'mean'")
@@ -176,7 +178,8 @@ def force_router_logits(
     ids = expert_ids.to(device=logits.device, dtype=torch.long)
     if ids.shape[:-1] != logits.shape[:-1]:
         raise MythosLensError(
-            f"forced expert ids of shape {tuple(ids.shape)}", f"[{', '.join(map(str, logits.shape[:-1]))}, k]"
+            f"forced expert ids of shape {tuple(ids.shape)}",
+            f"[{', '.join(map(str, logits.shape[:-1]))}, k]",
         )
     if int(ids.min()) < 0 or int(ids.max()) >= E:
         raise MythosLensError("forced expert id outside the routed experts", f"ids in [0, {E - 1}]")
@@ -203,7 +206,9 @@ class ForceExperts:
             return None
         ffn = event.model.recurrent.block.ffn
         if self.expert_ids.shape[-1] != ffn.topk:
-            raise MythosLensError(f"{self.expert_ids.shape[-1]} forced experts per token", f"{ffn.topk}")
+            raise MythosLensError(
+                f"{self.expert_ids.shape[-1]} forced experts per token", f"{ffn.topk}"
+            )
         return force_router_logits(value, ffn.router_bias, self.expert_ids)
 
 

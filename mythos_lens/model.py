@@ -14,9 +14,7 @@ from mythos_lens.errors import MythosLensError
 UPSTREAM_VERSION = "0.5.0"
 
 # Field name -> python type, read from the upstream dataclass so a new upstream field is never missed.
-CONFIG_FIELDS: dict[str, type] = {
-    f.name: type(f.default) for f in dataclasses.fields(MythosConfig)
-}
+CONFIG_FIELDS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(MythosConfig)}
 
 
 def config_to_dict(cfg: MythosConfig) -> dict[str, Any]:
@@ -66,10 +64,13 @@ def check_config(cfg: MythosConfig) -> None:
     if cfg.attn_type not in ("gqa", "mla"):
         raise MythosLensError(f"config attn_type={cfg.attn_type!r}", "'gqa' or 'mla'")
     if cfg.dim % cfg.n_heads:
-        raise MythosLensError(f"dim={cfg.dim} with n_heads={cfg.n_heads}", "dim divisible by n_heads")
+        raise MythosLensError(
+            f"dim={cfg.dim} with n_heads={cfg.n_heads}", "dim divisible by n_heads"
+        )
     if cfg.attn_type == "gqa" and cfg.n_heads % cfg.n_kv_heads:
         raise MythosLensError(
-            f"n_heads={cfg.n_heads} with n_kv_heads={cfg.n_kv_heads}", "n_heads divisible by n_kv_heads"
+            f"n_heads={cfg.n_heads} with n_kv_heads={cfg.n_kv_heads}",
+            "n_heads divisible by n_kv_heads",
         )
     if cfg.n_experts_per_tok > cfg.n_experts:
         raise MythosLensError(
