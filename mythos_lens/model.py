@@ -121,8 +121,18 @@ def require_openmythos(model: object) -> OpenMythos:
     return model
 
 
-# model -> sum of parameter version counters when last found finite; in-place updates bump them.
+# model -> (its modules, a stamp of its tensors when last found finite). In-place updates
+# (optimizer steps, copy_) bump version counters; assigning a new tensor changes its id.
 _finite_checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stamp(modules: list[torch.nn.Module]) -> tuple:
+    return tuple(
+        (id(t), t._version)
+        for m in modules
+        for t in (*m._parameters.values(), *m._buffers.values())
+        if t is not None
+    )
 
 
 def check_finite_weights(model: torch.nn.Module) -> None:
@@ -130,17 +140,17 @@ def check_finite_weights(model: torch.nn.Module) -> None:
 
     The scan is skipped while no tensor has changed since the last clean scan.
     """
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    stamp = sum(t._version for _, t in tensors) + len(tensors) * 1_000_003
-    if _finite_checked.get(model) == stamp:
+    cached = _finite_checked.get(model)
+    if cached is not None and _stamp(cached[0]) == cached[1]:
         return
-    for name, t in tensors:
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise MythosLensError(
                 f"weight {name!r} holds {bad} NaN/inf value(s)", "finite weights everywhere"
             )
-    _finite_checked[model] = stamp
+    modules = list(model.modules())
+    _finite_checked[model] = (modules, _stamp(modules))
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
