@@ -140,3 +140,11 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     model.head.weight = model.embed.weight  # keep the tie upstream sets up
     check_finite_weights(model)
     return model.to(device=device).eval()
+
+
+def load_task(directory: str | os.PathLike):
+    """The ground-truth task a checkpoint was trained on (``metadata.task``), or ``None``."""
+    from mythos_lens.tasks.registry import task_from_spec
+
+    spec = read_config(directory).get("metadata", {}).get("task")
+    return None if spec is None else task_from_spec(spec)

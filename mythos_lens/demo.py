@@ -1,0 +1,83 @@
+"""``mythos-lens demo``: capture every loop of a model and print a per-loop summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mythos_lens.capture import capture
+from mythos_lens.checkpoint import load_checkpoint, load_task
+from mythos_lens.model import build_model, tiny_config
+from mythos_lens.trace import Trace
+
+DEFAULT_CHECKPOINT = (
+    Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "pointer-lora-on"
+)
+
+
+def loop_summary(trace: Trace, row: int = 0, pos: int = -1) -> pd.DataFrame:
+    """One row per loop step for sequence `row` at position `pos` of a full trace: state norm,
+    relative step, halting, ACT weight, LoRA share of the block output, experts chosen."""
+    h = trace["resid_post"][:, row, pos]  # [loop, d]
+    prev = torch.cat([trace.stream["e"][row, pos][None], h[:-1]])
+    delta_rel = (h - prev).norm(dim=-1) / prev.norm(dim=-1)
+    lora = trace["lora_delta"][:, row, pos].norm(dim=-1)
+    block = trace["block_out"][:, row, pos].norm(dim=-1)
+    return pd.DataFrame(
+        {
+            "loop": range(trace.n_loops),
+            "lora_row": trace.meta["lora_row"],
+            "h_norm": h.norm(dim=-1).numpy(),
+            "rel_step": delta_rel.numpy(),
+            "halt_prob": trace["halt_prob"][:, row, pos].numpy(),
+            "act_weight": trace["act_weight"][:, row, pos].numpy(),
+            "lora/block": (lora / block).numpy(),
+            "experts": [sorted(x.tolist()) for x in trace["expert_ids"][:, row, pos]],
+        }
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if ckpt.is_dir():
+        model = load_checkpoint(ckpt)
+        task = load_task(ckpt)
+        batch = task.generate(1, "heldout", args.seed, hops=[args.hops])
+        ids = batch.input_ids
+        words = task.decode(ids[0])
+        print(
+            f"checkpoint {ckpt.name}: {' '.join(words)}  (answer {task.describe_token(int(batch.answer[0]))})"
+        )
+    else:
+        model = build_model(tiny_config(act_threshold=1e9), seed=args.seed)
+        ids = torch.randint(
+            0, model.cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(args.seed)
+        )
+        task = None
+        print(f"no checkpoint at {ckpt}: a tiny random OpenMythos on random ids {ids[0].tolist()}")
+    trace = capture(model, ids, n_loops=args.loops)
+    print(f"loops run: {trace.n_loops} of {trace.n_loops_requested} requested")
+    table = loop_summary(trace)
+    with pd.option_context("display.width", 140, "display.float_format", "{:.4f}".format):
+        print(table.to_string(index=False))
+    top = int(trace.logits[0, -1].argmax())
+    print(f"prediction at the last position: {task.describe_token(top) if task else top}")
+    return 0
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    """``mythos-lens demo [--checkpoint DIR] [--loops N]``."""
+    p = sub.add_parser("demo", help="capture every loop of a model and print a per-loop summary")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help=f"checkpoint directory (default {DEFAULT_CHECKPOINT.name} if shipped)",
+    )
+    p.add_argument("--loops", type=int, default=None, help="loops to run (may exceed training)")
+    p.add_argument("--hops", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_demo)
