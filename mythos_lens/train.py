@@ -1,0 +1,390 @@
+"""Train the unmodified upstream ``open_mythos.OpenMythos`` on a ground-truth task.
+
+``train(TrainConfig(...))`` builds the model, trains it on freshly drawn training-split examples
+(every batch is new; held-out inputs never occur, see ``mythos_lens.tasks.base.sequence_split``),
+evaluates on the held-out split as it goes, and optionally writes a checkpoint (``save_checkpoint``
+with the training config and task spec in ``metadata``) plus ``metrics.json``.
+
+Training-recipe choices (the architecture is never changed):
+
+* ``embed_init_std`` (default 1.0): re-draw the tied token embedding from N(0, std²) before training.
+  Upstream initialises it at N(0, 0.02); at that scale DESIGN.md §7 found in-context lookup stuck at
+  chance. ``None`` keeps upstream's initialisation.
+* ``lora=False``: the per-loop LoRA scale ``recurrent.lora.scale.weight`` is zeroed and frozen (with
+  LoRA's ``down`` and ``B``), so the LoRA delta ``(down(x) * scale[t]) @ B`` is exactly zero.
+* ``act_threshold`` (default 1e9): the cumulative halting probability can never reach it, so every
+  loop runs and the coda sees ``sum_t p_t h_t`` over all loops (upstream's ACT weighting).
+* ``loops_min``: when set, the loop count of each batch is drawn uniformly from
+  ``[loops_min, loops]`` (OpenMythos issue 28: random-loop training extrapolates in depth better).
+* ``curriculum_steps``: hop count 1 only until 1-hop held-out accuracy reaches ``curriculum_acc``
+  or this many steps pass; then hop counts ``1 … train_hops`` uniformly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_mythos.main import OpenMythos
+from tqdm.auto import tqdm
+
+from mythos_lens.checkpoint import save_checkpoint, write_json_atomic
+from mythos_lens.errors import MythosLensError
+from mythos_lens.model import build_model, tiny_config
+from mythos_lens.tasks.base import TaskBatch
+from mythos_lens.tasks.pointer import PointerTask
+from mythos_lens.tasks.registry import get_task
+
+METRICS_FILE = "metrics.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; stored verbatim in the checkpoint metadata."""
+
+    name: str = "run"
+    task: str = "pointer"
+    task_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    # model (upstream MythosConfig fields; vocab_size and max_seq_len follow the task)
+    dim: int = 64
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    n_experts: int = 4
+    n_shared_experts: int = 1
+    n_experts_per_tok: int = 2
+    expert_dim: int = 32
+    lora_rank: int = 4
+    prelude_layers: int = 1
+    coda_layers: int = 1
+    rope_theta: float = 10000.0
+    # LoRA scale rows (default `loops`); loops beyond them reuse the last row
+    max_loop_iters: int | None = None
+    # recurrence
+    loops: int = 4
+    loops_min: int | None = None
+    act_threshold: float = 1e9
+    lora: bool = True
+    embed_init_std: float | None = 1.0
+    # optimisation
+    steps: int = 8000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"  # or "cosine" (to min_lr_ratio * lr at the last step)
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    curriculum_steps: int = 2000
+    curriculum_acc: float = 0.95
+    # evaluation
+    eval_every: int = 250
+    eval_examples: int = 256  # per hop count, during training
+    early_stop_acc: float | None = 0.99  # every training hop count >= this ...
+    early_stop_patience: int = 2  # ... at this many evaluations in a row
+    final_eval_examples: int = 1000  # per hop count
+    extrap_examples: int = 256  # per (hop count, loops) cell
+    extrap_loops: list[int] | None = None  # default 1 … 2 * loops
+    eval_loops: int | None = None  # loop count of held-out evaluation; default `loops`
+    eval_seed: int = 1234
+    # runtime
+    device: str = "cpu"
+    dtype: str = "float32"  # "bfloat16" runs the forward under autocast (weights stay float32)
+    threads: int | None = None
+    progress: bool = True
+    out_dir: str | None = None
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the trained model (eval mode), its task and the metrics dict."""
+
+    model: OpenMythos
+    task: PointerTask
+    metrics: dict[str, Any]
+    out_dir: Path | None
+
+
+# Presets behind `mythos-lens train --preset NAME`; see data/README.md for the shipped ones.
+PRESETS: dict[str, dict[str, Any]] = {
+    "pointer-lora-on": dict(name="pointer-lora-on", lora=True),
+    "pointer-lora-off": dict(name="pointer-lora-off", lora=False),
+    "smoke": dict(name="smoke", steps=60, eval_every=30, final_eval_examples=64,
+                  extrap_examples=32, extrap_loops=[1, 4], curriculum_steps=20),
+}  # fmt: skip
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of preset `name` (seed `s` > 0 appends ``-s<s>`` to the run name)."""
+    if name not in PRESETS:
+        raise MythosLensError(f"unknown preset {name!r}", f"one of {sorted(PRESETS)}")
+    cfg = TrainConfig(**{**PRESETS[name], **overrides})
+    if cfg.seed and "name" not in overrides:
+        cfg.name = f"{cfg.name}-s{cfg.seed}"
+    return cfg
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise MythosLensError for a config that cannot train."""
+    ints = {"steps": 1, "batch": 1, "loops": 1, "eval_every": 1, "eval_examples": 1,
+            "final_eval_examples": 1, "extrap_examples": 1, "early_stop_patience": 1,
+            "warmup_steps": 0, "curriculum_steps": 0, "seed": 0}  # fmt: skip
+    for name, lo in ints.items():
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise MythosLensError(f"{name}={v!r}", f"an integer >= {lo}")
+    if cfg.loops_min is not None and not (1 <= cfg.loops_min <= cfg.loops):
+        raise MythosLensError(
+            f"loops_min={cfg.loops_min} with loops={cfg.loops}", "1 <= loops_min <= loops"
+        )
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise MythosLensError(f"lr={cfg.lr}", "a positive finite learning rate")
+    if cfg.weight_decay < 0 or cfg.grad_clip <= 0:
+        raise MythosLensError(
+            f"weight_decay={cfg.weight_decay}, grad_clip={cfg.grad_clip}",
+            "weight_decay >= 0, grad_clip > 0",
+        )
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise MythosLensError(f"lr_schedule={cfg.lr_schedule!r}", "'constant' or 'cosine'")
+    if cfg.dtype not in DTYPES:
+        raise MythosLensError(f"dtype={cfg.dtype!r}", f"one of {sorted(DTYPES)}")
+    if cfg.embed_init_std is not None and not cfg.embed_init_std > 0:
+        raise MythosLensError(f"embed_init_std={cfg.embed_init_std}", "a positive std or None")
+    if cfg.extrap_loops is not None and (
+        not cfg.extrap_loops or any(not isinstance(x, int) or x < 1 for x in cfg.extrap_loops)
+    ):
+        raise MythosLensError(
+            f"extrap_loops={cfg.extrap_loops}", "a non-empty list of integers >= 1"
+        )
+    if cfg.threads is not None and cfg.threads < 1:
+        raise MythosLensError(f"threads={cfg.threads}", "a positive thread count or None")
+    try:
+        dev = torch.device(cfg.device)
+    except (RuntimeError, TypeError):
+        raise MythosLensError(
+            f"device={cfg.device!r}", "a torch device such as 'cpu' or 'cuda'"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MythosLensError(f"device={cfg.device!r} but CUDA is not available", "device='cpu'")
+
+
+def model_config_for(cfg: TrainConfig, task: PointerTask):
+    """The upstream MythosConfig this run trains (GQA; vocabulary and length from the task)."""
+    vocab = 8 * math.ceil(task.vocab_size / 8)
+    return tiny_config(
+        vocab_size=vocab, dim=cfg.dim, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+        max_seq_len=task.seq_len, max_loop_iters=cfg.max_loop_iters or cfg.loops,
+        prelude_layers=cfg.prelude_layers, coda_layers=cfg.coda_layers, attn_type="gqa",
+        n_experts=cfg.n_experts, n_shared_experts=cfg.n_shared_experts,
+        n_experts_per_tok=cfg.n_experts_per_tok, expert_dim=cfg.expert_dim,
+        act_threshold=float(cfg.act_threshold), rope_theta=float(cfg.rope_theta),
+        lora_rank=cfg.lora_rank, max_output_tokens=1, dropout=0.0,
+    )  # fmt: skip
+
+
+def disable_lora(model: OpenMythos) -> None:
+    """Zero and freeze the per-loop LoRA scale (and freeze ``down``/``B``): the delta is exactly 0."""
+    lora = model.recurrent.lora
+    with torch.no_grad():
+        lora.scale.weight.zero_()
+    for p in lora.parameters():
+        p.requires_grad_(False)
+
+
+def reinit_embedding(model: OpenMythos, std: float, seed: int) -> None:
+    """Re-draw the tied token embedding (= output head) from N(0, std²), reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    w = model.embed.weight
+    with torch.no_grad():
+        w.copy_(torch.randn(w.shape, generator=g) * std)
+
+
+def _forward_last(model: OpenMythos, ids: torch.Tensor, n_loops: int, dtype: str) -> torch.Tensor:
+    """Logits at the last position, ``[B, vocab]``, float32."""
+    if dtype == "bfloat16":
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16):
+            return model(ids, n_loops=n_loops)[:, -1, :].float()
+    return model(ids, n_loops=n_loops)[:, -1, :]
+
+
+@torch.no_grad()
+def accuracy(
+    model: OpenMythos, batch: TaskBatch, n_loops: int, dtype: str = "float32", chunk: int = 512
+) -> torch.Tensor:
+    """``[B]`` bool: whether the argmax over the whole vocabulary at the last position is right."""
+    was_training = model.training
+    model.eval()
+    device = model.embed.weight.device
+    out = []
+    for i in range(0, len(batch), chunk):
+        ids = batch.input_ids[i : i + chunk].to(device)
+        pred = _forward_last(model, ids, n_loops, dtype).argmax(-1).cpu()
+        out.append(pred == batch.answer[i : i + chunk])
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def per_hop_accuracy(
+    model: OpenMythos, batch: TaskBatch, n_loops: int, dtype: str = "float32"
+) -> dict[int, float]:
+    """Held-out accuracy per hop count present in `batch`."""
+    ok = accuracy(model, batch, n_loops, dtype)
+    return {int(h): float(ok[batch.hops == h].float().mean()) for h in batch.hops.unique()}
+
+
+def heldout_set(task: PointerTask, hops: list[int], per_hop: int, seed: int) -> TaskBatch:
+    """`per_hop` held-out examples for each hop count in `hops` (deterministic from `seed`)."""
+    parts = [task.generate(per_hop, "heldout", seed=seed * 1000 + h, hops=h) for h in hops]
+    return TaskBatch(**{k: torch.cat([p.tensors()[k] for p in parts]) for k in parts[0].tensors()})
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    )
+
+
+def extrapolation_table(
+    model: OpenMythos, task: PointerTask, loops: list[int], per_cell: int, seed: int, dtype: str
+) -> dict[str, Any]:
+    """Held-out accuracy for every hop count 1 … max_hops (rows) × loop count in `loops` (columns)."""
+    hops = list(range(1, task.max_hops + 1))
+    batch = heldout_set(task, hops, per_cell, seed)
+    rows = {str(h): {} for h in hops}
+    for n in tqdm(loops, desc="extrapolation", leave=False, disable=None):
+        acc = per_hop_accuracy(model, batch, n, dtype)
+        for h in hops:
+            rows[str(h)][str(n)] = round(acc[h], 4)
+    return {"hops": hops, "loops": list(loops), "examples_per_cell": per_cell, "accuracy": rows}
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train per `cfg`; write checkpoint + metrics.json to ``cfg.out_dir`` when set.
+
+    Returns the trained model (eval mode, on ``cfg.device``), the task and the metrics dict
+    (held-out accuracy per hop with chance beside it, steps, wall time, depth-extrapolation table).
+    """
+    check_train_config(cfg)
+    task = get_task(cfg.task, **cfg.task_params)
+    threads_before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, task)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: TrainConfig, task: PointerTask) -> TrainResult:
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    mcfg = model_config_for(cfg, task)
+    model = build_model(mcfg, seed=cfg.seed)
+    if cfg.embed_init_std is not None:
+        reinit_embedding(model, cfg.embed_init_std, seed=cfg.seed + 7919)
+    if not cfg.lora:
+        disable_lora(model)
+    model.to(device).train()
+    eval_loops = cfg.eval_loops or cfg.loops
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    rng = np.random.default_rng([cfg.seed, 17])
+    train_hops = list(range(1, task.train_hops + 1))
+    eval_batch = heldout_set(task, train_hops, cfg.eval_examples, cfg.eval_seed)
+    history: list[dict[str, Any]] = []
+    in_curriculum = cfg.curriculum_steps > 0 and task.train_hops > 1
+    curriculum_end: int | None = None if in_curriculum else 0
+    good_evals = 0
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    step = 0
+    bar = tqdm(total=cfg.steps, desc=cfg.name, disable=not cfg.progress, dynamic_ncols=True)
+    for step in range(1, cfg.steps + 1):
+        if in_curriculum and step > cfg.curriculum_steps:
+            in_curriculum, curriculum_end = False, step - 1
+        hops = [1] if in_curriculum else train_hops
+        batch = task.generate(cfg.batch, "train", seed=rng, hops=hops)
+        n_loops = (
+            cfg.loops if cfg.loops_min is None else int(rng.integers(cfg.loops_min, cfg.loops + 1))
+        )
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, step - 1)
+        logits = _forward_last(model, batch.input_ids.to(device), n_loops, cfg.dtype)
+        loss = F.cross_entropy(logits, batch.answer.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.update(1)
+
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            acc = per_hop_accuracy(model, eval_batch, eval_loops, cfg.dtype)
+            rec = {
+                "step": step,
+                "loss": round(float(np.mean(losses[-cfg.eval_every :])), 5),
+                "heldout_acc": {str(h): round(a, 4) for h, a in acc.items()},
+                "curriculum": in_curriculum,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            history.append(rec)
+            bar.set_postfix(loss=rec["loss"], **{f"h{h}": f"{a:.2f}" for h, a in acc.items()})
+            if in_curriculum and acc[1] >= cfg.curriculum_acc:
+                in_curriculum, curriculum_end = False, step
+            if not in_curriculum and cfg.early_stop_acc is not None:
+                good_evals = good_evals + 1 if min(acc.values()) >= cfg.early_stop_acc else 0
+                if good_evals >= cfg.early_stop_patience:
+                    break
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    model.eval()
+
+    final_batch = heldout_set(task, train_hops, cfg.final_eval_examples, cfg.eval_seed + 1)
+    final_acc = per_hop_accuracy(model, final_batch, eval_loops, cfg.dtype)
+    chance = task.chance(final_batch)
+    extrap_loops = cfg.extrap_loops or list(range(1, 2 * cfg.loops + 1))
+    table = extrapolation_table(
+        model, task, extrap_loops, cfg.extrap_examples, cfg.eval_seed + 2, cfg.dtype
+    )
+    metrics: dict[str, Any] = {
+        "name": cfg.name,
+        "heldout_accuracy": {
+            str(h): {
+                "accuracy": round(final_acc[h], 4),
+                **{k: round(v, 4) for k, v in chance[h].items()},
+            }
+            for h in train_hops
+        },
+        "heldout_examples_per_hop": cfg.final_eval_examples,
+        "eval_loops": eval_loops,
+        "steps": step,
+        "curriculum_end_step": curriculum_end,
+        "train_seconds": round(train_seconds, 1),
+        "final_loss": round(float(np.mean(losses[-50:])), 5),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "extrapolation": table,
+        "history": history,
+    }
+    out = None
+    if cfg.out_dir is not None:
+        out = Path(cfg.out_dir)
+        meta = {"train_config": dataclasses.asdict(cfg), "task": task.spec()}
+        save_checkpoint(model, out, metadata=meta)
+        write_json_atomic(out / METRICS_FILE, metrics)
+    return TrainResult(model=model, task=task, metrics=metrics, out_dir=out)
