@@ -12,7 +12,16 @@ from mythos_lens.errors import MythosLensError
 
 def as_tensor(x: Any, name: str, *, floating: bool = True) -> torch.Tensor:
     """`x` as a CPU torch tensor (float64 if `floating`), or MythosLensError."""
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x)
+        except ValueError:
+            raise MythosLensError(
+                f"{name} is a ragged {type(x).__name__}", "a rectangular array"
+            ) from None
     if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise MythosLensError(f"{name} is an object array", "a numeric array")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise MythosLensError(f"{name} is a {type(x).__name__}", "a torch.Tensor or numpy array")
