@@ -115,8 +115,8 @@ class TrainResult:
 
 # Presets behind `mythos-lens train --preset NAME`; see data/README.md for the shipped ones.
 PRESETS: dict[str, dict[str, Any]] = {
-    "pointer-lora-on": dict(name="pointer-lora-on", lora=True),
-    "pointer-lora-off": dict(name="pointer-lora-off", lora=False),
+    "pointer-lora-on": dict(name="pointer-lora-on", lora=True, steps=16000, threads=1),
+    "pointer-lora-off": dict(name="pointer-lora-off", lora=False, steps=16000, threads=1),
     "smoke": dict(name="smoke", steps=60, eval_every=30, final_eval_examples=64,
                   extrap_examples=32, extrap_loops=[1, 4], curriculum_steps=20),
 }  # fmt: skip
@@ -388,3 +388,33 @@ def _train(cfg: TrainConfig, task: PointerTask) -> TrainResult:
         save_checkpoint(model, out, metadata=meta)
         write_json_atomic(out / METRICS_FILE, metrics)
     return TrainResult(model=model, task=task, metrics=metrics, out_dir=out)
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """A metrics dict (as in metrics.json) as Markdown: accuracy per hop with chance, then the
+    depth-extrapolation table (rows: hop count, columns: loops)."""
+    lines = [
+        f"held-out accuracy at {metrics['eval_loops']} loops "
+        f"({metrics['heldout_examples_per_hop']} examples per hop count):",
+        "",
+        "| hops | accuracy | chance (uniform) | chance (knows f, not the start) |",
+        "|---|---|---|---|",
+    ]
+    for h, row in metrics["heldout_accuracy"].items():
+        lines.append(
+            f"| {h} | {row['accuracy']:.3f} | {row['uniform']:.3f} | {row['ignore_start']:.3f} |"
+        )
+    table = metrics["extrapolation"]
+    loops = [str(n) for n in table["loops"]]
+    lines += [
+        "",
+        f"depth extrapolation ({table['examples_per_cell']} held-out examples per cell; "
+        "rows: hop count, columns: loops):",
+        "",
+        "| hops \\ loops | " + " | ".join(loops) + " |",
+        "|---" * (len(loops) + 1) + "|",
+    ]
+    for h in table["hops"]:
+        row = table["accuracy"][str(h)]
+        lines.append(f"| {h} | " + " | ".join(f"{row[n]:.2f}" for n in loops) + " |")
+    return "\n".join(lines)

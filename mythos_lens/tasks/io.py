@@ -37,6 +37,7 @@ def save_dataset(
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in batch.tensors().items()}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,6 +55,7 @@ def save_dataset(
     }
     sidecar = path.with_suffix(".json")
     write_json_atomic(sidecar, meta)
+    sidecar.chmod(0o644)
     return path, sidecar
 
 
