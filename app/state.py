@@ -1,0 +1,290 @@
+"""Everything the pages share: the user's selection, cached models, tasks and traces.
+
+Nothing here computes a statistic: models come from ``mythos_lens.checkpoint``, traces from
+``mythos_lens.capture``, readouts from ``mythos_lens.readouts`` and every table from ``probes``.
+Models are cached with ``st.cache_resource`` keyed by (directory, mtime of the weights), traces
+and tables with ``st.cache_data`` keyed by (directory, mtime, token ids, n_loops, ablated loops).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import torch
+from open_mythos.main import OpenMythos
+
+from mythos_lens.capture import capture
+from mythos_lens.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, load_task, read_config
+from mythos_lens.errors import MythosLensError
+from mythos_lens.interventions import AblateLora
+from mythos_lens.readouts import coda_lens, logit_lens, loop_step
+from mythos_lens.tasks.base import TaskBatch
+from mythos_lens.tasks.pointer import PointerTask
+from mythos_lens.trace import Trace
+from probes.convergence import spectral_radius
+from probes.lens import TunedLens, apply_lens, fit_tuned_lens, lens_table
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT_ROOT = Path(os.environ.get("MYTHOS_LENS_CHECKPOINTS", REPO / "data" / "checkpoints"))
+DEFAULT_CHECKPOINT = "pointer-lora-on"
+UPLOAD_ROOT = Path(tempfile.gettempdir()) / "mythos-lens-uploads"
+LENSES = ("logit", "coda", "tuned")
+TUNED_LENS_EXAMPLES = 256  # training-split examples the tuned lens is fitted on
+TUNED_LENS_STEPS = 150
+
+Ids = tuple[tuple[int, ...], ...]
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def shipped_checkpoints() -> dict[str, str]:
+    """Shipped checkpoint name -> directory (every folder of CHECKPOINT_ROOT with a config)."""
+    if not CHECKPOINT_ROOT.is_dir():
+        return {}
+    dirs = sorted(p for p in CHECKPOINT_ROOT.iterdir() if (p / CONFIG_FILE).is_file())
+    return {p.name: str(p) for p in dirs}
+
+
+def checkpoint_key(directory: str) -> tuple[str, float]:
+    """(directory, mtime of its weights file): the cache key of a checkpoint."""
+    weights = Path(directory) / WEIGHTS_FILE
+    mtime = weights.stat().st_mtime if weights.is_file() else 0.0
+    return str(directory), mtime
+
+
+@st.cache_resource(show_spinner="Loading checkpoint …", max_entries=8)
+def _load_model(directory: str, mtime: float) -> OpenMythos:
+    del mtime  # part of the cache key only
+    return load_checkpoint(directory)
+
+
+def model_for(directory: str) -> OpenMythos:
+    """The validated model of a checkpoint directory (cached per directory and mtime)."""
+    return _load_model(*checkpoint_key(directory))
+
+
+@st.cache_resource(max_entries=8)
+def _load_task(directory: str, mtime: float) -> PointerTask | None:
+    del mtime
+    return load_task(directory)
+
+
+def task_for(directory: str) -> PointerTask | None:
+    """The task the checkpoint was trained on, or None (e.g. an untrained upload)."""
+    return _load_task(*checkpoint_key(directory))
+
+
+def checkpoint_metadata(directory: str) -> dict:
+    """The ``metadata`` block of a checkpoint's config.json."""
+    return read_config(directory).get("metadata", {})
+
+
+def save_upload(weights: bytes, config: bytes) -> str:
+    """Write an uploaded checkpoint into a temp dir named by its content hash and validate it
+    with ``load_checkpoint``; returns the directory. Raises MythosLensError when invalid."""
+    digest = hashlib.sha256(weights + b"\0" + config).hexdigest()[:16]
+    out = UPLOAD_ROOT / digest
+    out.mkdir(parents=True, exist_ok=True)
+    (out / WEIGHTS_FILE).write_bytes(weights)
+    (out / CONFIG_FILE).write_bytes(config)
+    load_checkpoint(out)  # validation: names the first problem
+    return str(out)
+
+
+# -- the selection ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selection:
+    """What the sidebar chose: checkpoint, input ids, loops; and, for task inputs, the truth."""
+
+    name: str
+    directory: str
+    ids: Ids
+    n_loops: int
+    source: str  # "task" or "ids"
+    answer: tuple[int, ...] | None = None  # per example, task inputs only
+    hop_entities: tuple[tuple[int, ...], ...] | None = None
+    hops: tuple[int, ...] | None = None
+    task_args: tuple[int, int, int, str] | None = None  # (n, hops, seed, split) of task inputs
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return checkpoint_key(self.directory)
+
+    def ids_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.ids, dtype=torch.long)
+
+    def task_batch(self) -> TaskBatch | None:
+        """The task batch behind a task input (None for typed ids)."""
+        if self.task_args is None:
+            return None
+        return task_input(*self.key, *self.task_args)["batch"]
+
+
+def current() -> Selection:
+    """The selection made in the sidebar (set by ``app/main.py`` before each page runs)."""
+    sel = st.session_state.get("selection")
+    if sel is None:
+        st.error("No input selected yet.")
+        st.stop()
+    return sel
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def task_input(directory: str, mtime: float, n: int, hops: int, seed: int, split: str) -> dict:
+    """``n`` task examples with ``hops`` hops (seeded), as plain tuples for caching."""
+    task = _load_task(directory, mtime)
+    if task is None:
+        raise MythosLensError(f"checkpoint {directory!r} names no task", "typed token ids")
+    b = task.generate(n, split, seed=seed, hops=[hops])
+    return {
+        "ids": tuple(map(tuple, b.input_ids.tolist())),
+        "answer": tuple(b.answer.tolist()),
+        "hop_entities": tuple(map(tuple, b.hop_entities.tolist())),
+        "hops": tuple(b.hops.tolist()),
+        "batch": b,
+    }
+
+
+def parse_ids(text: str) -> Ids:
+    """Token ids typed as text: one sequence per line, ids separated by spaces or commas.
+
+    Raises MythosLensError for a non-integer, an empty input or lines of different lengths
+    (vocabulary and length limits are checked by ``capture`` against the model)."""
+    rows = []
+    for n, line in enumerate(text.strip().splitlines(), 1):
+        parts = [p for p in line.replace(",", " ").split() if p]
+        if not parts:
+            continue
+        try:
+            rows.append(tuple(int(p) for p in parts))
+        except ValueError:
+            bad = next(p for p in parts if not p.lstrip("-").isdigit())
+            raise MythosLensError(f"{bad!r} on line {n} is not a token id", "integers") from None
+    if not rows:
+        raise MythosLensError("no token ids", "at least one id, e.g. '1 9 2 12'")
+    if len({len(r) for r in rows}) > 1:
+        raise MythosLensError(
+            f"sequences of lengths {sorted({len(r) for r in rows})}", "equal-length lines"
+        )
+    return tuple(rows)
+
+
+# -- traces and tables (cached) ---------------------------------------------------------------
+@st.cache_data(max_entries=64, show_spinner="Running the model …")
+def trace_for(
+    directory: str, mtime: float, ids: Ids, n_loops: int, ablate: tuple[int, ...] = ()
+) -> Trace:
+    """Every loop of one forward (all loops run; LoRA ablated at ``ablate``)."""
+    model = _load_model(directory, mtime)
+    interventions = [AblateLora(loops=list(ablate))] if ablate else []
+    return capture(
+        model,
+        torch.tensor(ids, dtype=torch.long),
+        n_loops=n_loops,
+        interventions=interventions,
+        run_all_loops=True,
+    )
+
+
+@st.cache_resource(max_entries=8, show_spinner="Fitting the tuned lens …")
+def tuned_lens_for(directory: str, mtime: float, n_loops: int) -> TunedLens:
+    """A tuned lens for ``n_loops`` loops of this checkpoint: loaded if the checkpoint ships one
+    for that loop count, else fitted (seeded) on training-split task examples."""
+    shipped = Path(directory) / "tuned_lens"
+    if (shipped / "tuned_lens.json").is_file():
+        lens = TunedLens.load(shipped)
+        if lens.n_loops == n_loops:
+            return lens
+    model = _load_model(directory, mtime)
+    task = _load_task(directory, mtime)
+    if task is None:
+        raise MythosLensError("no task to fit a tuned lens on", "a checkpoint trained on a task")
+    batch = task.generate(TUNED_LENS_EXAMPLES, "train", seed=0)
+    tr = capture(model, batch.input_ids, n_loops=n_loops, sites=["resid_post", "logits"])
+    return fit_tuned_lens(
+        tr["resid_post"],
+        tr.logits,
+        logit_lens(model),
+        steps=TUNED_LENS_STEPS,
+        seed=0,
+        progress=False,
+    )
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def lens_logits(
+    directory: str, mtime: float, ids: Ids, n_loops: int, lens: str, ablate: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """Per-loop lens logits ``[loop, batch, pos, vocab]`` of ``resid_post``."""
+    model = _load_model(directory, mtime)
+    tr = trace_for(directory, mtime, ids, n_loops, ablate)
+    h = tr["resid_post"]
+    if lens == "logit":
+        return apply_lens(h, logit_lens(model))
+    if lens == "coda":
+        return apply_lens(h, coda_lens(model))
+    if lens == "tuned":
+        return tuned_lens_for(directory, mtime, tr.n_loops).logits(h, logit_lens(model))
+    raise MythosLensError(f"lens {lens!r}", f"one of {list(LENSES)}")
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def lens_frame(
+    directory: str,
+    mtime: float,
+    ids: Ids,
+    n_loops: int,
+    lens: str,
+    targets: Ids | None = None,
+    control: Ids | None = None,
+) -> pd.DataFrame:
+    """``probes.lens.lens_table`` for one lens, with optional target and control tokens."""
+    tr = trace_for(directory, mtime, ids, n_loops)
+    lg = lens_logits(directory, mtime, ids, n_loops, lens)
+    return lens_table(
+        lg,
+        tr.logits,
+        target_ids=None if targets is None else torch.tensor(targets),
+        control_ids=None if control is None else torch.tensor(control),
+        positions=tr.positions,
+        lens=lens,
+    )
+
+
+def next_token_targets(sel: Selection) -> Ids | None:
+    """Targets per position for a task input: the next input token, and the answer at the
+    last position (where the task asks its question). None for typed ids."""
+    if sel.answer is None:
+        return None
+    return tuple(row[1:] + (a,) for row, a in zip(sel.ids, sel.answer, strict=True))
+
+
+def decoder(sel: Selection):
+    """Token id -> readable name with the checkpoint's task vocabulary (``"#<id>"`` without one)."""
+    task = task_for(sel.directory)
+    if task is None:
+        return lambda t: f"#{int(t)}"
+    return task.describe_token
+
+
+@st.cache_data(max_entries=16, show_spinner="Power iteration on the loop map's Jacobian …")
+def jacobian_spectrum(
+    directory: str, mtime: float, ids: Ids, n_loops: int, example: int
+) -> pd.DataFrame:
+    """Per loop: spectral radius and norm of the loop map's Jacobian at one example's state
+    (``probes.convergence.spectral_radius`` of ``mythos_lens.readouts.loop_step``)."""
+    model = _load_model(directory, mtime)
+    tr = trace_for(directory, mtime, ids, n_loops)
+    e = tr.stream["e"][example : example + 1]
+    rows = []
+    for t in range(tr.n_loops):
+        h_prev = e if t == 0 else tr["resid_post"][t - 1, example : example + 1]
+        r = spectral_radius(loop_step(model, e, t), h_prev, n_iter=30, seed=0)
+        rows.append({"loop": t, "spectral_radius": r["spectral_radius"],
+                     "spectral_norm": r["spectral_norm"]})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -1,0 +1,73 @@
+"""Loops compared: CKA between loop steps, convergence of the carried state, ACT halting, ρ(A)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import figures, state
+from app.sidebar import example_index
+from probes.convergence import exit_table, lens_kl_table, rho_A, step_table
+from probes.similarity import loop_deltas, loop_similarity_tables
+
+sel = state.current()
+decode = state.decoder(sel)
+b = example_index(sel)
+tr = state.trace_for(*sel.key, sel.ids, sel.n_loops)
+model = state.model_for(sel.directory)
+
+st.header("Loops compared")
+n_tok = len(sel.ids) * len(sel.ids[0])
+kind = st.radio("CKA estimator", ["debiased", "biased", "minibatch"], horizontal=True, key="cka_kind")
+st.caption(
+    f"Linear CKA over {n_tok} tokens (d = {model.cfg.dim}). h_t carries B·e at every loop, which "
+    "inflates its similarity: compare the steps Δh_t and the block output too."
+)
+sites = {
+    "h_t (resid_post)": tr["resid_post"],
+    "Δh_t": loop_deltas(tr["resid_post"], tr.stream["e"]),
+    "block output": tr["block_out"],
+}
+cka = loop_similarity_tables(sites, kind)
+cols = st.columns(3)
+for col, (site, d) in zip(cols, cka.groupby("site", sort=False), strict=True):
+    col.plotly_chart(
+        figures.loop_loop_heatmap(d, f"CKA ({kind}): {site}", zmin=None, zmax=1.0),
+        key=f"cka_{list(sites).index(site)}",
+    )
+
+st.subheader("Convergence")
+c1, c2 = st.columns(2)
+steps = step_table(tr["resid_post"], tr.stream["e"], tr.positions)
+c1.plotly_chart(
+    figures.per_loop_box(steps, "Step of the carried state, all tokens", "value"),
+    key="conv_steps",
+)
+if tr.n_loops >= 2:
+    lens = c2.radio("Lens for KL", ["coda", "logit"], horizontal=True, key="conv_lens")
+    lg = state.lens_logits(*sel.key, sel.ids, sel.n_loops, lens)
+    c2.plotly_chart(
+        figures.per_loop_box(
+            lens_kl_table(lg, tr.positions), f"KL(p_(t-1) ‖ p_t), {lens} lens", "nats", log=True
+        ),
+        key="conv_kl",
+    )
+
+st.subheader("ACT halting and stability")
+c1, c2 = st.columns([2, 1])
+halt = tr.to_frame("cum_halt_prob")
+halt = halt[halt["batch"] == b]
+thr = float(model.cfg.act_threshold)
+c1.plotly_chart(
+    figures.loop_map(
+        halt, "value", sel.ids[b], decode, f"Cumulative halting probability (threshold {thr:g})",
+        zmin=0.0, zmax=None,
+    ),  # fmt: skip
+    key="act_map",
+)
+if tr.n_loops >= 2:
+    lg = state.lens_logits(*sel.key, sel.ids, sel.n_loops, "coda")
+    ex = exit_table(tr["cum_halt_prob"], lg, thr, positions=tr.positions)
+    c2.dataframe(ex[ex["batch"] == b].drop(columns="batch"), hide_index=True, height=300)
+c2.metric("ρ(A) = max A (injection)", f"{rho_A(tr.params['injection_A']):.4f}")
+if c2.toggle("Local Jacobian spectral radius per loop", key="jac"):
+    c2.dataframe(state.jacobian_spectrum(*sel.key, sel.ids, sel.n_loops, b), hide_index=True)
