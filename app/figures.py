@@ -130,7 +130,9 @@ def per_loop_box(table: pd.DataFrame, title: str, y_title: str, log: bool = Fals
     return _layout(fig, title)
 
 
-def per_loop_lines(table: pd.DataFrame, title: str, y_title: str, colour: str = "metric") -> go.Figure:
+def per_loop_lines(
+    table: pd.DataFrame, title: str, y_title: str, colour: str = "metric"
+) -> go.Figure:
     """Lines of a tidy ``loop, <colour>, value`` table (one line per value of ``colour``)."""
     fig = go.Figure()
     for name, d in table.groupby(colour, sort=False):
@@ -141,7 +143,9 @@ def per_loop_lines(table: pd.DataFrame, title: str, y_title: str, colour: str = 
     return _layout(fig, title)
 
 
-def expert_grid(visits: pd.DataFrame, ids: Sequence[int], decode: Decode, n_experts: int) -> go.Figure:
+def expert_grid(
+    visits: pd.DataFrame, ids: Sequence[int], decode: Decode, n_experts: int
+) -> go.Figure:
     """Token × loop grid of the experts each token chose (one example's ``expert_visits`` rows):
     one heatmap row-block per expert, cell = the gate weight it got (blank when not chosen)."""
     loops = sorted(visits["loop"].unique())
@@ -151,7 +155,9 @@ def expert_grid(visits: pd.DataFrame, ids: Sequence[int], decode: Decode, n_expe
     chosen = visits.set_index(["loop", "pos"]).sort_index()
     text = np.empty((len(loops), len(pos)), dtype=object)
     for (loop, p), rows in chosen.groupby(level=[0, 1]):
-        text[loops.index(loop), pos.index(p)] = " ".join(f"e{int(e)}" for e in sorted(rows["expert"]))
+        text[loops.index(loop), pos.index(p)] = " ".join(
+            f"e{int(e)}" for e in sorted(rows["expert"])
+        )
     y_labels, z, hover = [], [], []
     for e in range(n_experts):
         sub = visits[visits["expert"] == e]

@@ -109,7 +109,9 @@ def sidebar() -> state.Selection | None:
         else:
             default = ""
             if task is not None:
-                default = " ".join(map(str, task.generate(1, "heldout", seed=0).input_ids[0].tolist()))
+                default = " ".join(
+                    map(str, task.generate(1, "heldout", seed=0).input_ids[0].tolist())
+                )
             text = sb.text_area(
                 "Token ids (one sequence per line)", value=default, key="ids_text", height=100
             )

@@ -20,7 +20,13 @@ import torch
 from open_mythos.main import OpenMythos
 
 from mythos_lens.capture import capture
-from mythos_lens.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, load_task, read_config
+from mythos_lens.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    load_task,
+    read_config,
+)
 from mythos_lens.errors import MythosLensError
 from mythos_lens.interventions import AblateLora
 from mythos_lens.readouts import coda_lens, logit_lens, loop_step

@@ -44,15 +44,22 @@ for i, (col, name) in enumerate(zip(cols, [sel.name, other], strict=True)):
     value = "target_rank" if targets is not None else "final_rank"
     col.plotly_chart(
         figures.token_loop_heatmap(
-            table[table["batch"] == b], value, sel.ids[b], decode,
-            f"coda lens: {value}, example {b}", reverse=True,
+            table[table["batch"] == b],
+            value,
+            sel.ids[b],
+            decode,
+            f"coda lens: {value}, example {b}",
+            reverse=True,
         ),  # fmt: skip
         key=f"cmp_lens_{i}",
     )
     col.plotly_chart(
         figures.loop_loop_heatmap(
-            lora_scale_cosine(tr.params["lora_scale"]), "LoRA scale cosine",
-            zmin=-1.0, zmax=1.0, colorscale="RdBu",
+            lora_scale_cosine(tr.params["lora_scale"]),
+            "LoRA scale cosine",
+            zmin=-1.0,
+            zmax=1.0,
+            colorscale="RdBu",
         ),  # fmt: skip
         key=f"cmp_lora_{i}",
     )

@@ -28,7 +28,9 @@ st.plotly_chart(figures.expert_grid(visits, sel.ids[b], decode, E), key="experts
 if tr.n_loops < 2:
     st.info("Router overlap needs at least 2 loops.")
 else:
-    metric = st.radio("Overlap metric", ["overlap_at_k", "jaccard"], horizontal=True, key="ov_metric")
+    metric = st.radio(
+        "Overlap metric", ["overlap_at_k", "jaccard"], horizontal=True, key="ov_metric"
+    )
     overlap = router_overlap(tr["expert_ids"], E)
     baseline = float(overlap[f"random_{metric}"].iloc[0])
     st.plotly_chart(

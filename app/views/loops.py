@@ -17,7 +17,9 @@ model = state.model_for(sel.directory)
 
 st.header("Loops compared")
 n_tok = len(sel.ids) * len(sel.ids[0])
-kind = st.radio("CKA estimator", ["debiased", "biased", "minibatch"], horizontal=True, key="cka_kind")
+kind = st.radio(
+    "CKA estimator", ["debiased", "biased", "minibatch"], horizontal=True, key="cka_kind"
+)
 st.caption(
     f"Linear CKA over {n_tok} tokens (d = {model.cfg.dim}). h_t carries B·e at every loop, which "
     "inflates its similarity: compare the steps Δh_t and the block output too."
@@ -59,8 +61,13 @@ halt = halt[halt["batch"] == b]
 thr = float(model.cfg.act_threshold)
 c1.plotly_chart(
     figures.loop_map(
-        halt, "value", sel.ids[b], decode, f"Cumulative halting probability (threshold {thr:g})",
-        zmin=0.0, zmax=None,
+        halt,
+        "value",
+        sel.ids[b],
+        decode,
+        f"Cumulative halting probability (threshold {thr:g})",
+        zmin=0.0,
+        zmax=None,
     ),  # fmt: skip
     key="act_map",
 )

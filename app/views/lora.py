@@ -30,14 +30,20 @@ cos = lora_scale_cosine(tr.params["lora_scale"])
 undefined = cos["note"].ne("").any()
 c1.plotly_chart(
     figures.loop_loop_heatmap(
-        cos, "Cosine between per-loop LoRA scale vectors", zmin=-1.0, zmax=1.0, colorscale="RdBu",
+        cos,
+        "Cosine between per-loop LoRA scale vectors",
+        zmin=-1.0,
+        zmax=1.0,
+        colorscale="RdBu",
         note="Blank cells: a zero scale (LoRA off) has no direction." if undefined else None,
     ),  # fmt: skip
     key="lora_cos",
 )
 c2.plotly_chart(
     figures.per_loop_lines(
-        lora_delta_ratio(tr["lora_delta"], tr["block_out"]), "‖LoRA delta‖ / ‖block output‖", "ratio"
+        lora_delta_ratio(tr["lora_delta"], tr["block_out"]),
+        "‖LoRA delta‖ / ‖block output‖",
+        "ratio",
     ),
     key="lora_ratio",
 )

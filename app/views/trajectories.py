@@ -68,7 +68,9 @@ for name in lenses:
     frames[name] = t[(t["batch"] == b) & (t["pos"] == position)]
 st.plotly_chart(
     figures.rank_lines(
-        frames, "control_rank", f"rank of {decode(token)} at position {position} ({decode(ids[position])})"
+        frames,
+        "control_rank",
+        f"rank of {decode(token)} at position {position} ({decode(ids[position])})",
     ),
     key="traj_ranks",
 )
