@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test lint bench
+.PHONY: setup run demo test lint bench browser-deps
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -15,7 +15,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-run: demo
+run: setup
+	$(BIN)/streamlit run app/main.py --server.headless=true --browser.gatherUsageStats=false
 
 demo: setup
 	$(BIN)/mythos-lens demo
@@ -24,7 +25,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# Debian's chromium for the real-browser app test (tests/app/test_browser.py), only if missing.
+# If it cannot be installed, that test fails under CI=true and skips otherwise.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  ($$SUDO apt-get update && $$SUDO apt-get install -y chromium) \
+	  || { echo "browser-deps: could not install chromium"; [ "$$CI" != "true" ]; }; \
+	fi
+
+test: lint browser-deps
 	$(BIN)/python -m pytest
 
 bench: setup
