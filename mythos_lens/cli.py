@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mythos_lens.demo import add_demo_command
 from mythos_lens.errors import MythosLensError
 
 # --------------------------------------------------------------------------------------- tasks
@@ -173,6 +174,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_demo_command,
     add_tasks_command,
     add_train_command,
 ]

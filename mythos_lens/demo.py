@@ -12,6 +12,8 @@ from mythos_lens.capture import capture
 from mythos_lens.checkpoint import load_checkpoint, load_task
 from mythos_lens.model import build_model, tiny_config
 from mythos_lens.trace import Trace
+from probes.convergence import step_table
+from probes.lora import lora_delta_ratio
 
 DEFAULT_CHECKPOINT = (
     Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "pointer-lora-on"
@@ -19,46 +21,48 @@ DEFAULT_CHECKPOINT = (
 
 
 def loop_summary(trace: Trace, row: int = 0, pos: int = -1) -> pd.DataFrame:
-    """One row per loop step for sequence `row` at position `pos` of a full trace: state norm,
-    relative step, halting, ACT weight, LoRA share of the block output, experts chosen."""
-    h = trace["resid_post"][:, row, pos]  # [loop, d]
-    prev = torch.cat([trace.stream["e"][row, pos][None], h[:-1]])
-    delta_rel = (h - prev).norm(dim=-1) / prev.norm(dim=-1)
-    lora = trace["lora_delta"][:, row, pos].norm(dim=-1)
-    block = trace["block_out"][:, row, pos].norm(dim=-1)
+    """One row per loop step for sequence `row` at position `pos` of a full trace: relative step
+    of h_t, halting, ACT weight, LoRA share of the block output, experts chosen."""
+    p = pos % len(trace.positions)
+    h = trace["resid_post"][:, row : row + 1, p : p + 1]
+    steps = step_table(h, trace.stream["e"][row : row + 1, p : p + 1])
+    lora = lora_delta_ratio(
+        trace["lora_delta"][:, row : row + 1, p : p + 1],
+        trace["block_out"][:, row : row + 1, p : p + 1],
+    )
     return pd.DataFrame(
         {
             "loop": range(trace.n_loops),
             "lora_row": trace.meta["lora_row"],
-            "h_norm": h.norm(dim=-1).numpy(),
-            "rel_step": delta_rel.numpy(),
-            "halt_prob": trace["halt_prob"][:, row, pos].numpy(),
-            "act_weight": trace["act_weight"][:, row, pos].numpy(),
-            "lora/block": (lora / block).numpy(),
-            "experts": [sorted(x.tolist()) for x in trace["expert_ids"][:, row, pos]],
+            "rel_step": steps[steps.metric == "rel_step"]["value"].to_numpy(),
+            "halt_prob": trace["halt_prob"][:, row, p].numpy(),
+            "act_weight": trace["act_weight"][:, row, p].numpy(),
+            "lora/block": lora[lora.metric == "norm_ratio"]["value"].to_numpy(),
+            "experts": [sorted(x.tolist()) for x in trace["expert_ids"][:, row, p]],
         }
     )
 
 
 def _demo(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
     ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
-    if ckpt.is_dir():
+    if args.checkpoint is None and not ckpt.is_dir():
+        model = build_model(tiny_config(act_threshold=1e9), seed=args.seed)
+        print(f"no checkpoint at {ckpt}: using a tiny random OpenMythos")
+    else:
         model = load_checkpoint(ckpt)
-        task = load_task(ckpt)
+        print(f"checkpoint {ckpt}")
+    task = load_task(ckpt) if ckpt.is_dir() else None
+    if task is not None:
         batch = task.generate(1, "heldout", args.seed, hops=[args.hops])
         ids = batch.input_ids
-        words = task.decode(ids[0])
-        print(
-            f"checkpoint {ckpt.name}: {' '.join(words)}  (answer {task.describe_token(int(batch.answer[0]))})"
-        )
+        answer = task.describe_token(int(batch.answer[0]))
+        print(f"input: {' '.join(task.decode(ids[0]))}   (answer {answer})")
     else:
-        model = build_model(tiny_config(act_threshold=1e9), seed=args.seed)
+        gen = torch.Generator().manual_seed(args.seed)
         ids = torch.randint(
-            0, model.cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(args.seed)
+            0, model.cfg.vocab_size, (1, min(12, model.cfg.max_seq_len)), generator=gen
         )
-        task = None
-        print(f"no checkpoint at {ckpt}: a tiny random OpenMythos on random ids {ids[0].tolist()}")
+        print(f"input: random token ids {ids[0].tolist()}")
     trace = capture(model, ids, n_loops=args.loops)
     print(f"loops run: {trace.n_loops} of {trace.n_loops_requested} requested")
     table = loop_summary(trace)

@@ -69,16 +69,6 @@ class Trace:
         """Names of every captured site."""
         return list(self.loop) + list(self.stream) + list(self.layers)
 
-    def delta(self, site: str = "resid_post") -> torch.Tensor:
-        """Step of a loop site ``[loop, batch, pos, d]``: ``x_t - x_{t-1}``, with ``x_{-1} = e`` for
-        ``resid_post`` (h_0 is the prelude output) and no step for loop 0 otherwise (then
-        ``[loop-1, ...]``)."""
-        x = self[site]
-        if site == "resid_post" and "e" in self.stream:
-            prev = torch.cat([self.stream["e"].unsqueeze(0).to(x.dtype), x[:-1]], dim=0)
-            return x - prev
-        return x[1:] - x[:-1]
-
     # -- tables -------------------------------------------------------------------------------
     def to_frame(self, site: str) -> pd.DataFrame:
         """Tidy table of one site: one row per element, index columns named after the axes
