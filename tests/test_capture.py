@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_model
+from tiny_models import make_model
 
 from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import make_model
 from safetensors.torch import load_file, save_file
+from tiny_models import make_model
 
 from mythos_lens.capture import capture
 from mythos_lens.checkpoint import load_checkpoint, save_checkpoint

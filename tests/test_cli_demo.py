@@ -1,6 +1,6 @@
 """`mythos-lens demo` prints a per-loop summary; bad input is one line and exit code 2."""
 
-from conftest import make_model
+from tiny_models import make_model
 
 from mythos_lens.checkpoint import save_checkpoint
 from mythos_lens.cli import main

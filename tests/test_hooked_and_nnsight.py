@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import make_model
 from nnsight import NNsight
+from tiny_models import make_model
 
 from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_model
+from tiny_models import make_model
 
 from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError

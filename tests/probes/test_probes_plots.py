@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
-from conftest import make_model
+from tiny_models import make_model
 
 from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError
