@@ -59,6 +59,13 @@ def test_disable_lora_on_a_nonzero_scale():
     assert torch.equal(model.recurrent.lora(x, 0), torch.zeros_like(x))
 
 
+def test_bfloat16_autocast_runs_with_float32_weights():
+    result = train(TrainConfig(dtype="bfloat16", **{**FAST, "steps": 4, "eval_every": 2}))
+    assert result.model.embed.weight.dtype == torch.float32
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert len(result.metrics["history"]) == 2
+
+
 def test_tiny_training_lowers_the_loss():
     cfg = TrainConfig(**{**FAST, "steps": 120, "eval_every": 40})
     hist = train(cfg).metrics["history"]
