@@ -55,7 +55,7 @@ def sidebar() -> state.Selection | None:
     _upload_box()
     options = checkpoint_options()
     if not options:
-        sb.error(f"No checkpoint in {state.CHECKPOINT_ROOT}; upload one above.")
+        sb.error(f"No checkpoint in {state.checkpoint_root()}; upload one above.")
         return None
     names = list(options)
     if st.session_state.get("checkpoint") not in names:

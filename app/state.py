@@ -37,7 +37,7 @@ from probes.convergence import spectral_radius
 from probes.lens import TunedLens, apply_lens, fit_tuned_lens, lens_table
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT_ROOT = Path(os.environ.get("MYTHOS_LENS_CHECKPOINTS", REPO / "data" / "checkpoints"))
+CHECKPOINTS_ENV = "MYTHOS_LENS_CHECKPOINTS"  # another folder of checkpoints (tests, your own runs)
 DEFAULT_CHECKPOINT = "pointer-lora-on"
 UPLOAD_ROOT = Path(tempfile.gettempdir()) / "mythos-lens-uploads"
 LENSES = ("logit", "coda", "tuned")
@@ -48,11 +48,17 @@ Ids = tuple[tuple[int, ...], ...]
 
 
 # -- checkpoints ------------------------------------------------------------------------------
+def checkpoint_root() -> Path:
+    """Where shipped checkpoints live: ``data/checkpoints`` (or ``$MYTHOS_LENS_CHECKPOINTS``)."""
+    return Path(os.environ.get(CHECKPOINTS_ENV, REPO / "data" / "checkpoints"))
+
+
 def shipped_checkpoints() -> dict[str, str]:
-    """Shipped checkpoint name -> directory (every folder of CHECKPOINT_ROOT with a config)."""
-    if not CHECKPOINT_ROOT.is_dir():
+    """Checkpoint name -> directory for every folder of :func:`checkpoint_root` with a config."""
+    root = checkpoint_root()
+    if not root.is_dir():
         return {}
-    dirs = sorted(p for p in CHECKPOINT_ROOT.iterdir() if (p / CONFIG_FILE).is_file())
+    dirs = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
     return {p.name: str(p) for p in dirs}
 
 
