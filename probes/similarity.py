@@ -103,25 +103,28 @@ class StreamingCKA:
             if nb < 4:
                 raise MythosLensError(f"a minibatch of {nb} tokens", ">= 4 tokens per batch")
             self._shift = x.mean(1, keepdim=True)
-            self._accumulate(x - self._shift)
+            self._accumulate(x)
             self._hsic_sum += self._hsic()
             self.n += nb
             self._reset_moments()
             return self
         if self._shift is None:
             self._shift = x.mean(1, keepdim=True)  # any constant shift is exact (invariance)
-        self._accumulate(x - self._shift.to(x.dtype))
+        self._accumulate(x)
         self.n += nb
         return self
 
     def _accumulate(self, x: torch.Tensor) -> None:
+        """Add the moments of ``x - shift`` (one token-sized copy: ``z``)."""
         L, nb, d = x.shape
-        z = x.permute(1, 0, 2).reshape(nb, L * d)  # [n_b, L*d]
-        sq = (x * x).sum(-1).transpose(0, 1)  # [n_b, L]
+        assert self._shift is not None
+        z = x.permute(1, 0, 2).reshape(nb, L * d)  # [n_b, L*d], a copy
+        z -= self._shift.to(x.dtype).reshape(1, L * d)
         for t in range(L):
-            blk = x[t].transpose(0, 1) @ z[:, t * d :]  # [d, (L-t) d]
+            blk = z[:, t * d : (t + 1) * d].transpose(0, 1) @ z[:, t * d :]  # [d, (L-t) d]
             self._G[t * d : (t + 1) * d, t * d :] += blk.to(torch.float64)
-        self._S += x.sum(1).to(torch.float64)
+        sq = torch.linalg.vector_norm(z.view(nb, L, d), dim=-1).square()  # [n_b, L]
+        self._S += z.sum(0).reshape(L, d).to(torch.float64)
         sq64 = sq.to(torch.float64)
         self._A += sq64.sum(0)
         self._AA += sq64.transpose(0, 1) @ sq64
