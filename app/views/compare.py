@@ -7,6 +7,7 @@ import streamlit as st
 from app import figures, state
 from app.sidebar import checkpoint_options, example_index
 from mythos_lens.train import per_hop_accuracy
+from probes import plots
 from probes.lora import lora_scale_cosine
 from probes.routing import overlap_matrix, router_overlap
 from probes.similarity import loop_similarity_tables
@@ -42,36 +43,24 @@ for i, (col, name) in enumerate(zip(cols, [sel.name, other], strict=True)):
         )
     table = state.lens_frame(*key, sel.ids, sel.n_loops, "coda", targets)
     value = "target_rank" if targets is not None else "final_rank"
-    col.plotly_chart(
-        figures.token_loop_heatmap(
-            table[table["batch"] == b],
-            value,
-            sel.ids[b],
-            decode,
-            f"coda lens: {value}, example {b}",
-            reverse=True,
-        ),  # fmt: skip
-        key=f"cmp_lens_{i}",
+    heat = plots.token_loop_heatmap(table, value, batch=b, title=f"coda lens: {value}, example {b}")
+    figures.colours(heat, reverse=True)
+    figures.top_token_hover(heat, table[table["batch"] == b], decode, value)
+    col.plotly_chart(figures.token_axis(heat, sel.ids[b], decode), key=f"cmp_lens_{i}")
+    cos = plots.loop_loop_heatmap(
+        lora_scale_cosine(tr.params["lora_scale"]), title="LoRA scale cosine"
     )
-    col.plotly_chart(
-        figures.loop_loop_heatmap(
-            lora_scale_cosine(tr.params["lora_scale"]),
-            "LoRA scale cosine",
-            zmin=-1.0,
-            zmax=1.0,
-            colorscale="RdBu",
-        ),  # fmt: skip
-        key=f"cmp_lora_{i}",
-    )
+    figures.colours(cos, "RdBu", zmin=-1.0, zmax=1.0, values=True)
+    col.plotly_chart(figures.loop_axes(cos), key=f"cmp_lora_{i}")
     if tr.n_loops >= 2:
-        col.plotly_chart(
-            figures.loop_loop_heatmap(
-                overlap_matrix(router_overlap(tr["expert_ids"], model.cfg.n_experts)),
-                "Router overlap@k between loops",
-            ),
-            key=f"cmp_overlap_{i}",
+        ov = plots.loop_loop_heatmap(
+            overlap_matrix(router_overlap(tr["expert_ids"], model.cfg.n_experts)),
+            title="Router overlap@k between loops",
         )
-        cka = loop_similarity_tables({"resid_post": tr["resid_post"]})
-        col.plotly_chart(
-            figures.loop_loop_heatmap(cka, "CKA (debiased) of h_t", zmin=None), key=f"cmp_cka_{i}"
+        figures.colours(ov, zmin=0.0, zmax=1.0, values=True)
+        col.plotly_chart(figures.loop_axes(ov), key=f"cmp_overlap_{i}")
+        cka = plots.loop_loop_heatmap(
+            loop_similarity_tables({"resid_post": tr["resid_post"]}), title="CKA (debiased) of h_t"
         )
+        figures.colours(cka, zmax=1.0, values=True)
+        col.plotly_chart(figures.loop_axes(cka), key=f"cmp_cka_{i}")

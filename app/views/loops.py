@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import figures, state
 from app.sidebar import example_index
+from probes import plots
 from probes.convergence import exit_table, lens_kl_table, rho_A, step_table
 from probes.similarity import loop_deltas, loop_similarity_tables
 
@@ -32,45 +33,40 @@ sites = {
 cka = loop_similarity_tables(sites, kind)
 cols = st.columns(3)
 for col, (site, d) in zip(cols, cka.groupby("site", sort=False), strict=True):
-    col.plotly_chart(
-        figures.loop_loop_heatmap(d, f"CKA ({kind}): {site}", zmin=None, zmax=1.0),
-        key=f"cka_{list(sites).index(site)}",
-    )
+    fig = plots.loop_loop_heatmap(d, title=f"CKA ({kind}): {site}")
+    figures.colours(fig, zmax=1.0, values=True)
+    col.plotly_chart(figures.loop_axes(fig), key=f"cka_{list(sites).index(site)}")
 
 st.subheader("Convergence")
 c1, c2 = st.columns(2)
 steps = step_table(tr["resid_post"], tr.stream["e"], tr.positions)
 c1.plotly_chart(
-    figures.per_loop_box(steps, "Step of the carried state, all tokens", "value"),
+    figures.style(
+        plots.convergence_curves(steps, title="Step of the carried state (median, IQR over tokens)")
+    ),
     key="conv_steps",
 )
 if tr.n_loops >= 2:
     lens = c2.radio("Lens for KL", ["coda", "logit"], horizontal=True, key="conv_lens")
     lg = state.lens_logits(*sel.key, sel.ids, sel.n_loops, lens)
     c2.plotly_chart(
-        figures.per_loop_box(
-            lens_kl_table(lg, tr.positions), f"KL(p_(t-1) ‖ p_t), {lens} lens", "nats", log=True
+        figures.style(
+            plots.convergence_curves(
+                lens_kl_table(lg, tr.positions), title=f"KL(p_(t-1) ‖ p_t), {lens} lens, nats"
+            ).update_yaxes(type="log")
         ),
         key="conv_kl",
     )
 
 st.subheader("ACT halting and stability")
 c1, c2 = st.columns([2, 1])
-halt = tr.to_frame("cum_halt_prob")
-halt = halt[halt["batch"] == b]
 thr = float(model.cfg.act_threshold)
-c1.plotly_chart(
-    figures.loop_map(
-        halt,
-        "value",
-        sel.ids[b],
-        decode,
-        f"Cumulative halting probability (threshold {thr:g})",
-        zmin=0.0,
-        zmax=None,
-    ),  # fmt: skip
-    key="act_map",
-)
+halt = plots.token_loop_heatmap(
+    tr.to_frame("cum_halt_prob"), "value", batch=b,
+    title=f"Cumulative halting probability (ACT threshold {thr:g})",
+)  # fmt: skip
+figures.colours(halt, "Magma", zmin=0.0)
+c1.plotly_chart(figures.token_axis(halt, sel.ids[b], decode), key="act_map")
 if tr.n_loops >= 2:
     lg = state.lens_logits(*sel.key, sel.ids, sel.n_loops, "coda")
     ex = exit_table(tr["cum_halt_prob"], lg, thr, positions=tr.positions)

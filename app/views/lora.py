@@ -9,6 +9,7 @@ import torch
 
 from app import figures, state
 from app.sidebar import example_index
+from probes import plots
 from probes.lora import ablation_effects, lora_delta_ratio, lora_scale_cosine
 from probes.routing import overlap_matrix, router_overlap
 
@@ -28,25 +29,16 @@ st.caption(
 c1, c2 = st.columns(2)
 cos = lora_scale_cosine(tr.params["lora_scale"])
 undefined = cos["note"].ne("").any()
-c1.plotly_chart(
-    figures.loop_loop_heatmap(
-        cos,
-        "Cosine between per-loop LoRA scale vectors",
-        zmin=-1.0,
-        zmax=1.0,
-        colorscale="RdBu",
-        note="Blank cells: a zero scale (LoRA off) has no direction." if undefined else None,
-    ),  # fmt: skip
-    key="lora_cos",
+fig = plots.loop_loop_heatmap(cos, title="Cosine between per-loop LoRA scale vectors")
+figures.colours(fig, "RdBu", zmin=-1.0, zmax=1.0, values=True)
+if undefined:
+    figures.note(fig, "Blank cells: a zero scale (LoRA off) has no direction; cosine undefined.")
+c1.plotly_chart(figures.loop_axes(fig), key="lora_cos")
+ratio = plots.convergence_curves(
+    lora_delta_ratio(tr["lora_delta"], tr["block_out"]),
+    title="‖LoRA delta‖ / ‖block output‖ per loop",
 )
-c2.plotly_chart(
-    figures.per_loop_lines(
-        lora_delta_ratio(tr["lora_delta"], tr["block_out"]),
-        "‖LoRA delta‖ / ‖block output‖",
-        "ratio",
-    ),
-    key="lora_ratio",
-)
+c2.plotly_chart(figures.style(ratio), key="lora_ratio")
 
 st.subheader("Ablate LoRA")
 loops = st.multiselect(
@@ -90,10 +82,9 @@ if tr.n_loops >= 2:
         (c1, tr, "with LoRA", "lora_ov_base"),
         (c2, ablated, f"LoRA ablated at {list(loops)}", "lora_ov_ablated"),
     ):
-        col.plotly_chart(
-            figures.loop_loop_heatmap(
-                overlap_matrix(router_overlap(trace["expert_ids"], E)),
-                f"Router overlap@k, {label}",
-            ),
-            key=key,
+        fig = plots.loop_loop_heatmap(
+            overlap_matrix(router_overlap(trace["expert_ids"], E)),
+            title=f"Router overlap@k, {label}",
         )
+        figures.colours(fig, zmin=0.0, zmax=1.0, values=True)
+        col.plotly_chart(figures.loop_axes(fig), key=key)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from app import figures, state
 from app.sidebar import example_index
+from probes import plots
 
 METRICS = {
     "top-1 probability (cells: top token)": ("top_1_prob", "Viridis", False),
@@ -35,12 +37,10 @@ metric = c2.selectbox("Colour cells by", metric_names, key="traj_metric")
 col, scale, reverse = METRICS[metric]
 table = state.lens_frame(*sel.key, sel.ids, sel.n_loops, lens, targets)
 one = table[table["batch"] == b]
-st.plotly_chart(
-    figures.token_loop_heatmap(
-        one, col, ids, decode, f"{lens} lens: {metric}", colorscale=scale, reverse=reverse
-    ),
-    key="traj_heatmap",
-)
+heat = plots.token_loop_heatmap(one, col, batch=b, title=f"{lens} lens: {metric}")
+figures.colours(heat, scale, reverse=reverse)
+figures.top_token_hover(heat, one, decode, col)
+st.plotly_chart(figures.token_axis(heat, ids, decode), key="traj_heatmap")
 
 st.subheader("Rank of one token, loop by loop")
 c1, c2, c3 = st.columns(3)
@@ -62,15 +62,23 @@ position = c2.number_input(
 lenses = c3.multiselect("Lenses", state.LENSES, default=["logit", "coda"], key="traj_lenses")
 token = choices[token_name]
 control = tuple(tuple(token for _ in row) for row in sel.ids)
-frames = {}
+title = f"rank of {decode(token)} at position {position} ({decode(ids[position])}), 0 = top-1"
+lines = go.Figure(layout={"title": title, "xaxis_title": "loop", "yaxis_title": "rank"})
 for name in lenses:
     t = state.lens_frame(*sel.key, sel.ids, sel.n_loops, name, None, control)
-    frames[name] = t[(t["batch"] == b) & (t["pos"] == position)]
+    one_lens = plots.rank_trajectories(t[t["pos"] == position], "control_rank", batch=b)
+    lines.add_trace(one_lens.data[0].update(name=name))
+st.plotly_chart(figures.style(lines), key="traj_ranks")
+
+st.subheader("Orbits of the latent state")
+orbits = plots.pca_orbit_table(
+    state.trace_for(*sel.key, sel.ids, sel.n_loops)["resid_post"], positions=None
+)
+st.caption(
+    "h_t of every token at every loop, projected on the top two principal components of all "
+    f"{len(sel.ids)} example(s); grey lines join one token's loops, markers are coloured by loop."
+)
 st.plotly_chart(
-    figures.rank_lines(
-        frames,
-        "control_rank",
-        f"rank of {decode(token)} at position {position} ({decode(ids[position])})",
-    ),
-    key="traj_ranks",
+    figures.style(plots.pca_orbits(orbits, batch=b, title=f"PCA orbits, example {b}"), 420),
+    key="traj_pca",
 )

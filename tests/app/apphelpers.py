@@ -1,13 +1,35 @@
-"""Helpers for the app tests: read the plotly spec JSON that AppTest sees."""
+"""Helpers for the app tests: small real checkpoints, and the plotly spec JSON AppTest sees."""
 
 from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
+
+from mythos_lens.checkpoint import save_checkpoint
+from mythos_lens.model import build_model
+from mythos_lens.tasks.registry import get_task
+from mythos_lens.train import TrainConfig, disable_lora, model_config_for, reinit_embedding
+
+APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+LOOPS = 4
+
+
+def make_checkpoint(directory: Path, lora: bool, seed: int = 0) -> Path:
+    """An untrained upstream OpenMythos for the pointer task, saved as a checkpoint (the same
+    construction `mythos_lens.train` uses before its first step)."""
+    task = get_task("pointer")
+    cfg = TrainConfig(loops=LOOPS, lora=lora, seed=seed)
+    model = build_model(model_config_for(cfg, task), seed=seed)
+    reinit_embedding(model, 1.0, seed=seed + 7919)
+    if not lora:
+        disable_lora(model)
+    meta = {"task": task.spec(), "train_config": {"loops": LOOPS, "lora": lora}}
+    return save_checkpoint(model, directory, meta)
 
 
 def decode_arrays(obj: Any) -> Any:
