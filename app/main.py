@@ -18,6 +18,7 @@ if _REPO not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app.sidebar import sidebar  # noqa: E402
+from app.state import use_threads  # noqa: E402
 from mythos_lens.errors import MythosLensError  # noqa: E402
 
 PAGES = [
@@ -29,6 +30,7 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="mythos-lens", page_icon="🔁", layout="wide")
+use_threads()
 page = st.navigation(PAGES)
 selection = sidebar()
 if selection is None:
