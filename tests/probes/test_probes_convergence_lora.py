@@ -25,15 +25,6 @@ from probes.convergence import (
 from probes.lora import ZERO_NOTE, ablation_effects, lora_delta_ratio, lora_scale_cosine
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits when another job holds the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def roundtrip(df, tmp_path, name="t"):
     df.to_parquet(tmp_path / f"{name}.parquet")
     pd.testing.assert_frame_equal(df, pd.read_parquet(tmp_path / f"{name}.parquet"))

@@ -14,15 +14,6 @@ from mythos_lens.readouts import coda_lens, logit_lens
 from probes.lens import TunedLens, apply_lens, fit_tuned_lens, lens_long, lens_table
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits when another job holds the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_lens_table_hand_computed(tmp_path):
     # vocab 4; final prefers token 2; loop 0 = uniform, loop 1 = the final logits exactly
     final = torch.tensor([[[0.0, 1.0, 3.0, 2.0]]])

@@ -21,15 +21,6 @@ from probes.routing import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits when another job holds the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def random_ids(L, B, P, k, E, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(L * B * P)]).reshape(

@@ -16,15 +16,6 @@ from probes.similarity import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits when another job holds the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def ref_hsic(K, L, debiased):
     """The n×n Gram formulas, straight from the papers (no feature-space algebra)."""
     n = K.shape[0]
