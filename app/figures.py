@@ -24,9 +24,10 @@ def token_labels(ids: Sequence[int], decode: Decode) -> list[str]:
 
 def style(fig: go.Figure, height: int = HEIGHT) -> go.Figure:
     """Compact layout shared by every chart of the app."""
+    two_lines = "<br>" in (fig.layout.title.text or "")
     fig.update_layout(
         height=height,
-        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        margin={"l": 50, "r": 20, "t": 64 if two_lines else 40, "b": 40},
         title_font_size=14,
     )
     return fig
@@ -73,7 +74,13 @@ def colours(
     values: bool = False,
 ) -> go.Figure:
     """Colour scale and range of every heatmap trace; ``values`` prints each cell's value."""
-    fig.update_traces(colorscale=colorscale, zmin=zmin, zmax=zmax, reversescale=reverse)
+    fig.update_traces(
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        reversescale=reverse,
+        colorbar={"tickformat": ".3~g"},
+    )
     if values:
         fig.update_traces(texttemplate="%{z:.2f}")
     return fig
@@ -90,10 +97,8 @@ def loop_axes(fig: go.Figure) -> go.Figure:
 
 
 def note(fig: go.Figure, text: str) -> go.Figure:
-    """A one-line caption under the plot area."""
-    fig.add_annotation(
-        text=text, showarrow=False, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left"
-    )
+    """A second, smaller title line."""
+    fig.update_layout(title_text=f"{fig.layout.title.text}<br><sup>{text}</sup>")
     return fig
 
 

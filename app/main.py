@@ -22,14 +22,14 @@ from app.state import use_threads  # noqa: E402
 from mythos_lens.errors import MythosLensError  # noqa: E402
 
 PAGES = [
-    st.Page("views/trajectories.py", title="Trajectories", icon="📈", default=True),
-    st.Page("views/experts.py", title="Experts", icon="🔀"),
-    st.Page("views/loops.py", title="Loops compared", icon="🔁"),
-    st.Page("views/lora.py", title="Depth-wise LoRA", icon="🎚️"),
-    st.Page("views/compare.py", title="Compare", icon="⚖️"),
+    st.Page("views/trajectories.py", title="Trajectories", default=True),
+    st.Page("views/experts.py", title="Experts"),
+    st.Page("views/loops.py", title="Loops compared"),
+    st.Page("views/lora.py", title="Depth-wise LoRA"),
+    st.Page("views/compare.py", title="Compare"),
 ]
 
-st.set_page_config(page_title="mythos-lens", page_icon="🔁", layout="wide")
+st.set_page_config(page_title="mythos-lens", layout="wide")
 use_threads()
 page = st.navigation(PAGES)
 selection = sidebar()

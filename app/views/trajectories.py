@@ -10,7 +10,7 @@ from app.sidebar import example_index
 from probes import plots
 
 METRICS = {
-    "top-1 probability (cells: top token)": ("top_1_prob", "Viridis", False),
+    "top-1 probability (cells: top token)": ("top_1_prob", "Viridis", False),  # in [0, 1]
     "rank of the target (answer at the last position)": ("target_rank", "Viridis", True),
     "rank of the final prediction": ("final_rank", "Viridis", True),
     "KL(final ‖ lens), nats": ("kl_final_lens", "Magma", True),
@@ -38,7 +38,9 @@ col, scale, reverse = METRICS[metric]
 table = state.lens_frame(*sel.key, sel.ids, sel.n_loops, lens, targets)
 one = table[table["batch"] == b]
 heat = plots.token_loop_heatmap(one, col, batch=b, title=f"{lens} lens: {metric}")
-figures.colours(heat, scale, reverse=reverse)
+figures.colours(
+    heat, scale, reverse=reverse, **({"zmin": 0.0, "zmax": 1.0} if col == "top_1_prob" else {})
+)
 figures.top_token_hover(heat, one, decode, col)
 st.plotly_chart(figures.token_axis(heat, ids, decode), key="traj_heatmap")
 

@@ -217,7 +217,7 @@ def test_lora_off_checkpoint_has_no_direction_and_no_effect(app):
     assert not app.exception, app.exception
     cos = figure(app, "Cosine between per-loop LoRA scale")
     assert np.isnan(z(cos)).all()
-    assert "no direction" in cos["layout"]["annotations"][0]["text"]
+    assert "no direction" in cos["layout"]["title"]["text"]
     app.multiselect(key="ablate_loops").set_value([0, 2]).run()
     effects = app.dataframe[0].value
     assert (effects["kl"] == 0).all() and (effects["top1_changed"] == 0).all()
