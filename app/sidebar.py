@@ -39,13 +39,17 @@ def _upload_box() -> None:
         st.success(f"Loaded {name}")
 
 
-def _default_loops(directory: str) -> int:
-    """The loop count the checkpoint was trained with (else its max_loop_iters)."""
+def _trained_loops(directory: str) -> tuple[int, str]:
+    """(default loop count, what training used as text): the evaluation loop count of training
+    (else its loop count, else max_loop_iters) and e.g. ``"4"`` or ``"2–6"``."""
     train = state.checkpoint_metadata(directory).get("train_config", {})
-    loops = train.get("loops")
-    if isinstance(loops, int) and loops >= 1:
-        return loops
-    return int(state.read_config(directory)["mythos_config"]["max_loop_iters"])
+    loops, low, evald = train.get("loops"), train.get("loops_min"), train.get("eval_loops")
+    if not (isinstance(loops, int) and loops >= 1):
+        n = int(state.read_config(directory)["mythos_config"]["max_loop_iters"])
+        return n, f"max_loop_iters {n}"
+    default = evald if isinstance(evald, int) and evald >= 1 else loops
+    text = f"{low}–{loops}" if isinstance(low, int) and low < loops else str(loops)
+    return default, text
 
 
 def sidebar() -> state.Selection | None:
@@ -66,7 +70,7 @@ def sidebar() -> state.Selection | None:
     directory = options[name]
     try:
         task = state.task_for(directory)
-        trained_loops = _default_loops(directory)
+        default_loops, trained = _trained_loops(directory)
     except MythosLensError as exc:
         sb.error(str(exc))
         return None
@@ -74,8 +78,8 @@ def sidebar() -> state.Selection | None:
     sources = ["Task instance", "Token ids"] if task is not None else ["Token ids"]
     source = sb.radio("Input", sources, key="input_source", horizontal=True)
     n_loops = sb.number_input(
-        f"Loops (trained with {trained_loops})",
-        value=trained_loops,
+        f"Loops (trained with {trained})",
+        value=default_loops,
         max_value=MAX_LOOPS_WIDGET,
         step=1,
         key="n_loops",

@@ -28,7 +28,9 @@ def make_checkpoint(directory: Path, lora: bool, seed: int = 0) -> Path:
     reinit_embedding(model, 1.0, seed=seed + 7919)
     if not lora:
         disable_lora(model)
-    meta = {"task": task.spec(), "train_config": {"loops": LOOPS, "lora": lora}}
+    # as the shipped presets record it: loops drawn from 2-6 per batch, evaluated at LOOPS
+    train = {"loops": 6, "loops_min": 2, "eval_loops": LOOPS, "lora": lora}
+    meta = {"task": task.spec(), "train_config": train}
     return save_checkpoint(model, directory, meta)
 
 

@@ -32,6 +32,7 @@ def test_opens_on_default_checkpoint_and_task_input(app, checkpoint_root):
     assert app.sidebar.selectbox(key="checkpoint").value == "pointer-lora-on"
     assert app.sidebar.radio(key="input_source").value == "Task instance"
     assert app.sidebar.number_input(key="n_loops").value == LOOPS
+    assert app.sidebar.number_input(key="n_loops").label == "Loops (trained with 2–6)"
     assert not app.error
     heat = figure(app, "logit lens")
     _, batch, _ = reference(checkpoint_root)
