@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mythos_lens.analyze import add_analyze_command
 from mythos_lens.demo import add_demo_command
 from mythos_lens.errors import MythosLensError
 
@@ -177,6 +178,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_demo_command,
     add_tasks_command,
     add_train_command,
+    add_analyze_command,
 ]
 
 
