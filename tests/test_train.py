@@ -13,12 +13,15 @@ from mythos_lens.tasks import task_from_spec
 from mythos_lens.train import (
     TrainConfig,
     disable_lora,
+    heldout_set,
+    per_hop_accuracy,
     preset_config,
     train,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-SHIPPED = ["pointer-lora-on", "pointer-lora-off"]
+REQUIRED = ["pointer-lora-on", "pointer-lora-off"]
+SHIPPED = sorted(set(REQUIRED) | {p.name for p in DATA.glob("pointer-lora-*") if p.is_dir()})
 
 # A fast run: small model, few steps, small evaluations.
 FAST = dict(
@@ -129,3 +132,25 @@ def test_unknown_preset_raises():
     with pytest.raises(MythosLensError, match="unknown preset"):
         preset_config("nope")
     assert preset_config("pointer-lora-on", seed=2).name == "pointer-lora-on-s2"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_reaches_recorded_accuracy(name):
+    directory = DATA / name
+    model = load_checkpoint(directory)
+    meta = read_config(directory)["metadata"]
+    metrics = json.loads((directory / "metrics.json").read_text())
+    task = task_from_spec(meta["task"])
+    cfg = meta["train_config"]
+    if not cfg["lora"]:
+        assert torch.equal(
+            model.recurrent.lora.scale.weight, torch.zeros_like(model.recurrent.lora.scale.weight)
+        )
+    hops = list(range(1, task.train_hops + 1))
+    fresh = heldout_set(task, hops, 150, seed=98765)  # a seed training and metrics never used
+    assert task.in_heldout(fresh.input_ids).all()
+    acc = per_hop_accuracy(model, fresh, metrics["eval_loops"])
+    for h in hops:
+        recorded = metrics["heldout_accuracy"][str(h)]["accuracy"]
+        assert recorded >= 0.9
+        assert abs(acc[h] - recorded) < 0.06, (h, acc[h], recorded)
