@@ -16,6 +16,7 @@ from pathlib import Path
 from mythos_lens.analyze import add_analyze_command
 from mythos_lens.demo import add_demo_command
 from mythos_lens.errors import MythosLensError
+from mythos_lens.study import add_study_command
 
 # --------------------------------------------------------------------------------------- tasks
 
@@ -179,6 +180,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_tasks_command,
     add_train_command,
     add_analyze_command,
+    add_study_command,
 ]
 
 
