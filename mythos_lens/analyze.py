@@ -56,7 +56,7 @@ from mythos_lens.tasks.pointer import PointerTask
 from mythos_lens.train import heldout_set, per_hop_accuracy
 from probes.convergence import lens_kl_table, rho_A, spectral_radius, step_table
 from probes.lens import apply_lens, lens_table
-from probes.linear import hop_matrix, loop_channels, probe_loop_index, summarize
+from probes.linear import hop_matrix, loop_channels, probe, probe_loop_index, summarize
 from probes.lora import ablation_effects, lora_delta_ratio, lora_scale_cosine
 from probes.routing import (
     expert_load,
@@ -144,7 +144,10 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
         "loop": "loop step (-1: pooled over loops, for loop_index)",
         "hop": "j of hop_<j> (-1 for loop_index)",
         "metric": "task_acc, control_acc (Hewitt-Liang control task, type = input token), "
-        "majority_acc, selectivity = task - control, not_converged (count, all folds)",
+        "majority_acc, selectivity = task - control, not_converged (count, all folds), "
+        "type_only_acc (hop probes: the same probe on a one-hot of the input token alone — what "
+        "memorising the start key gives; the control task instead measures probe capacity: the "
+        "start key is linearly decodable, so control_acc is near 1 and selectivity < 0)",
         "mean": "mean over folds (not_converged: total)",
         "std": "std over folds (ddof 1)",
         "n_folds": "sequence-grouped CV folds",
@@ -426,6 +429,17 @@ def _probe_tables(col: Collector, cfg: AnalyzeConfig, name: str) -> pd.DataFrame
         acts = _cat(buf, "resid_post", 1)
         if labels:
             hm = hop_matrix(acts, labels, types=types, **kw)
+            # What memorising the input token type alone gives: the same probe on a one-hot of
+            # the type (the start key). The control task above measures probe capacity instead.
+            onehot = torch.nn.functional.one_hot(types.view(-1)).float()
+            extra = []
+            for j, lab in labels.items():
+                s = summarize(probe(onehot, lab.view(-1), torch.arange(n), **kw))
+                v = s[s.metric == "task_acc"].iloc[0]
+                extra += [{"loop": t, "hop": j, "metric": "type_only_acc", "mean": v["mean"],
+                           "std": v["std"], "n_folds": v["n_folds"]}
+                          for t in sorted(hm.loop.unique())]  # fmt: skip
+            hm = pd.concat([hm, pd.DataFrame(extra)], ignore_index=True)
             hm["probe"] = "hop_" + hm["hop"].astype(str)
             frames.append(hm.assign(site="resid_post", channels="all"))
     out = pd.concat(frames, ignore_index=True)
@@ -845,7 +859,9 @@ def summarize_checkpoint(tables: dict[str, pd.DataFrame], name: str) -> list[str
         )
         for (site, ch), r in li.iterrows():
             out.append(
-                f"Loop-identity probe on {site} ({'all channels' if ch == 'all' else 'without the loop-embedding channels'}): "
+                "Loop-identity probe (pooled over loops; majority = 1/loops; the control task "
+                "labels each start key randomly, so it measures probe capacity) on "
+                f"{site} ({'all channels' if ch == 'all' else 'without the loop-embedding channels'}): "
                 f"{_fmt(r.get('task_acc'))} vs control {_fmt(r.get('control_acc'))} and majority "
                 f"{_fmt(r.get('majority_acc'))} (selectivity {_fmt(r.get('selectivity'))})."
             )
@@ -854,12 +870,13 @@ def summarize_checkpoint(tables: dict[str, pd.DataFrame], name: str) -> list[str
             ta = hp[hp.metric == "task_acc"]
             for hop, g in ta.groupby("hop"):
                 best = g.loc[g["mean"].idxmax()]
-                sel = hp[(hp.hop == hop) & (hp.metric == "selectivity") & (hp.loop == best.loop)]
-                maj = hp[(hp.hop == hop) & (hp.metric == "majority_acc") & (hp.loop == best.loop)]
+                at = hp[(hp.hop == hop) & (hp.loop == best.loop)].set_index("metric")["mean"]
                 out.append(
                     f"Hop-{int(hop)} entity is best decoded at loop {int(best.loop)}: "
-                    f"{_fmt(best['mean'])} (selectivity {_fmt(sel['mean'].iloc[0])}, majority "
-                    f"{_fmt(maj['mean'].iloc[0])})."
+                    f"{_fmt(best['mean'])} vs majority {_fmt(at.get('majority_acc'))} and "
+                    f"start-key-only {_fmt(at.get('type_only_acc'))}; control task "
+                    f"{_fmt(at.get('control_acc'))} (selectivity {_fmt(at.get('selectivity'))}; "
+                    "the control is easy because the start key itself is decodable)."
                 )
     lora = sub("lora")
     ab = sub("ablation")

@@ -126,6 +126,10 @@ QUANTITIES: dict[str, tuple[str, str]] = {
     "hop_probe_acc": ("hop-j entity probe accuracy at loop t (j in hop)", "loop t"),
     "hop_probe_selectivity": ("hop-j entity probe selectivity at loop t", "loop t"),
     "hop_probe_majority": ("hop-j entity probe majority baseline at loop t", "loop t"),
+    "hop_probe_type_only": (
+        "hop-j label predicted from the start key alone (one-hot probe)",
+        "loop t",
+    ),
     "ablate_dkl": ("KL(base ‖ LoRA ablated at loop t), nats", "loop t"),
     "ablate_dacc": ("Δ accuracy, LoRA ablated at loop t", "loop t"),
     "ablate_all_dkl": ("KL(base ‖ LoRA ablated at every loop)", "-1"),
@@ -176,7 +180,8 @@ def model_quantities(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             add(g.rename(columns={"mean": "value"}), q, -1, variant=f"{site}/{ch}")
     hp = pr[pr.probe.str.startswith("hop_")]
     for metric, q in (("task_acc", "hop_probe_acc"), ("selectivity", "hop_probe_selectivity"),
-                      ("majority_acc", "hop_probe_majority")):  # fmt: skip
+                      ("majority_acc", "hop_probe_majority"),
+                      ("type_only_acc", "hop_probe_type_only")):  # fmt: skip
         add(hp[hp.metric == metric].rename(columns={"mean": "value"}), q, "loop", "hop")
     ab = tables["ablation"]
     for iv, metric, q in (("ablate_lora", "kl", "ablate_dkl"),
