@@ -324,36 +324,65 @@ def lora_verdict(study: pd.DataFrame, off_exact_zero: bool) -> dict[str, Any]:
     line("loop_id", _cell(study, "loop_id_acc", "on-off", variant="resid_post/no_loop_emb"),
          "on − off, loop-identity probe accuracy on h_t without the loop-embedding channels",
          "loop identity is more decodable with LoRA", "loop identity is less decodable with LoRA")  # fmt: skip
-    used = lines["lora_used"]["sign"] > 0
-    diff_used = lines["differentiation_used"]["sign"] > 0
-    acc_matters = lines["lora_used_acc"]["sign"] != 0 or lines["differentiation_acc"]["sign"] != 0
-    rep = [k for k in ("cka_dh", "router", "loop_id") if lines[k]["sign"] != 0]
-    differentiating = [k for k in rep if (lines[k]["sign"] < 0) == (k != "loop_id")]
-    if not used:
-        overall = ("No: ablating LoRA does not detectably change the output of the LoRA-on models "
-                   "(interval contains 0).")  # fmt: skip
+
+    def positive_in_every_seed(q: str) -> bool:
+        r = _cell(study, q, "on")
+        vals = [float(v) for v in str(r["values"]).split(",") if v] if r is not None else []
+        return bool(vals) and all(v > 0 for v in vals)
+
+    L = lines
+    used = L["lora_used"]["sign"] > 0 or L["lora_used_acc"]["sign"] != 0
+    diff_used = L["differentiation_used"]["sign"] > 0 or L["differentiation_acc"]["sign"] != 0
+    rep = [k for k in ("cka_dh", "router", "loop_id") if L[k]["sign"] != 0]
+    differentiating = [k for k in rep if (L[k]["sign"] < 0) == (k != "loop_id")]
+    parts = []
+    if used:
+        parts.append(f"Removing LoRA at every loop changes the model (KL {L['lora_used']['estimate']}, "
+                     f"Δacc {L['lora_used_acc']['estimate']})")  # fmt: skip
     else:
-        overall = ("LoRA is used (ablating it changes the output"
-                   + (" and the accuracy" if acc_matters else ", but not the accuracy detectably")
-                   + ")")  # fmt: skip
-        overall += ("; its per-loop differences are used (mean-scale swap changes the output)"
-                    if diff_used else "; replacing per-loop scales by their mean has no "
-                    "detectable effect")  # fmt: skip
-        if differentiating:
-            overall += ("; and with LoRA successive loops differ more than without it on "
-                        + ", ".join(differentiating) + ".")  # fmt: skip
-        elif rep:
-            overall += ("; but the representational comparisons with a detectable difference ("
-                        + ", ".join(rep) + ") point the other way: loops are not more "
-                        "differentiated with LoRA.")  # fmt: skip
-        else:
-            overall += ("; but no representational comparison (CKA of Δh_t, router overlap, "
-                        "loop identity without loop-embedding channels) differs detectably "
-                        "between LoRA-on and LoRA-off at this number of seeds.")  # fmt: skip
+        parts.append("Removing LoRA at every loop has no effect whose 95 % interval excludes 0 (KL "
+                     f"{L['lora_used']['estimate']}, Δacc {L['lora_used_acc']['estimate']})"
+                     + (", although the KL is > 0 in every seed (a t-interval fits a few skewed "
+                        "non-negative values poorly)" if positive_in_every_seed("ablate_all_dkl")
+                        else ""))  # fmt: skip
+    if diff_used:
+        parts.append("replacing every loop's LoRA scale by the mean scale changes it (KL "
+                     f"{L['differentiation_used']['estimate']}, Δacc "
+                     f"{L['differentiation_acc']['estimate']}): the model depends on its specific "
+                     "per-loop scales — but this swap is also a different-sized perturbation "
+                     "than removal, so it shows reliance, not that loops compute different "
+                     "things")  # fmt: skip
+    else:
+        parts.append("replacing every loop's scale by the mean scale has no detectable effect (KL "
+                     f"{L['differentiation_used']['estimate']})")  # fmt: skip
+    if differentiating:
+        parts.append("with LoRA, successive loops differ more than without it on "
+                     + ", ".join(differentiating))  # fmt: skip
+    elif rep:
+        parts.append("the representational comparisons with a detectable difference ("
+                     + ", ".join(rep) + ") show loops *more* alike with LoRA")  # fmt: skip
+    else:
+        parts.append("no representational comparison (on − off: CKA of Δh_t "
+                     f"{L['cka_dh']['estimate']}, router overlap excess {L['router']['estimate']}, "
+                     f"loop identity without loop-embedding channels {L['loop_id']['estimate']}) "
+                     "differs detectably between LoRA-on and LoRA-off")  # fmt: skip
+    if differentiating and (used or diff_used):
+        label = "Yes: LoRA is used and loop steps are more differentiated with it"
+    elif diff_used:
+        label = ("Partly: the models rely on their per-loop LoRA scales (intervention), but loop "
+                 "steps are not detectably more different with LoRA than without (representations)")  # fmt: skip
+    elif used:
+        label = "LoRA is used, but not shown to differentiate iterations"
+    elif differentiating:
+        label = "Loops look more differentiated with LoRA, but no intervention shows it is used"
+    else:
+        label = "No detectable effect of depth-wise LoRA"
     pairs = study[study.arm == "on-off"]["n"] if len(study) else pd.Series(dtype=float)
     n = int(pairs.max()) if len(pairs) else 0
-    return {"overall": overall, "n_seed_pairs": n, "lora_off_ablation_exactly_zero":
-            off_exact_zero, "lines": lines}  # fmt: skip
+    overall = (f"{label} (n = {n} seed(s) per arm, mean [95 % t-interval]). "
+               + "; ".join(parts) + ".")  # fmt: skip
+    return {"verdict": label, "overall": overall, "n_seed_pairs": n,
+            "lora_off_ablation_exactly_zero": off_exact_zero, "lines": lines}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ study lora

@@ -81,7 +81,10 @@ def test_verdict_follows_the_numbers():
     assert v["lines"]["cka_dh"]["sign"] == -1 and "cka_dh" in v["overall"]
     unused = [rows("ablate_all_dkl", "on", [0.0, 0.01, -0.01])]
     assert v["overall"] != st.lora_verdict(pd.DataFrame(unused), True)["overall"]
-    assert st.lora_verdict(pd.DataFrame(unused), True)["overall"].startswith("No")
+    assert st.lora_verdict(pd.DataFrame(unused), True)["verdict"].startswith("No detectable")
+    assert v["verdict"].startswith("Yes")
+    partly = used[:2] + [rows("cka_dh_mean", "on-off", [-0.2, 0.25, 0.0])]
+    assert st.lora_verdict(pd.DataFrame(partly), True)["verdict"].startswith("Partly")
 
 
 def test_study_depth_cli(shipped_like, tmp_path, capsys):
