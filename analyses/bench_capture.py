@@ -63,7 +63,9 @@ def main() -> None:
         t_cap.append(b)
         ratios.append(b / a)
     print(f"plain forward    median {statistics.median(t_plain) * 1e3:7.1f} ms")
-    print(f"full capture     median {statistics.median(t_cap) * 1e3:7.1f} ms  (every site, 8 loops)")
+    print(
+        f"full capture     median {statistics.median(t_cap) * 1e3:7.1f} ms  (every site, 8 loops)"
+    )
     print(f"capture / plain  median ratio {statistics.median(ratios):.3f}  over {args.pairs} pairs")
 
 
