@@ -952,11 +952,11 @@ def depth_statements(depth: pd.DataFrame) -> list[str]:
     """One sentence per hop count: where more loops help, where they stop helping, where they
     hurt (overthinking), from :func:`depth_marks`."""
     out = []
-    for (_ck, hop), g in depth_marks(depth).groupby(["checkpoint", "hops"], sort=True):
+    for (ck, hop), g in depth_marks(depth).groupby(["checkpoint", "hops"], sort=True):
         best = g[g.best].iloc[0]
         helps = g[g["mark"] == "helps"]["n_loops"].tolist()
         over = g[g.overthinking]["n_loops"].tolist()
-        s = (f"Depth, {int(hop)} hop(s): best {_fmt(best.accuracy)} at {int(best.n_loops)} loops"
+        s = (f"Depth ({ck}), {int(hop)} hop(s): best {_fmt(best.accuracy)} at {int(best.n_loops)} loops"
              f"; more loops significantly help at {helps or 'no step'}")  # fmt: skip
         s += (f"; overthinking (significantly below the best) at {over} loops" if over
               else "; no significant drop after the best")  # fmt: skip

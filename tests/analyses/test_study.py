@@ -98,4 +98,4 @@ def test_study_depth_cli(shipped_like, tmp_path, capsys):
     assert set(seeds.group) == {"pointer-lora-on"} and (seeds.n == 2).all()
     marks = pd.read_parquet(out / "depth_marks.parquet")
     assert {"mark", "overthinking", "best"} <= set(marks.columns)
-    assert "Depth, 1 hop(s)" in (out / "report.html").read_text()
+    assert "Depth (pointer-lora-on-s1), 1 hop(s)" in (out / "report.html").read_text()
