@@ -770,7 +770,7 @@ def add_analysis_options(p: argparse.ArgumentParser, n_default: int = 512) -> No
                    help="sequences kept for probes (memory cap)")  # fmt: skip
     p.add_argument("--depth-loops", default=None, help="loop counts of the depth table, e.g. 1-12")
     p.add_argument("--depth-examples", type=int, default=128, help="examples per depth cell")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
     p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
                    help="inline: report opens offline (+4.6 MB); cdn: small file")  # fmt: skip
@@ -778,8 +778,7 @@ def add_analysis_options(p: argparse.ArgumentParser, n_default: int = 512) -> No
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or 1)  # small models on shared cores: 1 is fastest
     cfg = config_from_args(args)
     t0 = time.perf_counter()
     out = analyze(args.checkpoints, args.out, cfg, ids_file=args.ids, overwrite=args.overwrite,
