@@ -527,7 +527,12 @@ def _finish(col: Collector, model: OpenMythos, cfg: AnalyzeConfig, name: str) ->
     return {k: (v[list(TABLE_COLUMNS[k])] if k in TABLE_COLUMNS else v) for k, v in tables.items()}
 
 
-def _depth_table(model, task, cfg: AnalyzeConfig, n_loops: int, name: str) -> pd.DataFrame:
+def depth_table(
+    model: OpenMythos, task: PointerTask, cfg: AnalyzeConfig, n_loops: int, name: str
+) -> pd.DataFrame:
+    """Held-out accuracy per (hop count, loop count): ``cfg.depth_examples`` examples per hop
+    count in ``cfg.depth_hops`` (default 1 … task.max_hops), loop counts ``cfg.depth_loops``
+    (default 1 … 2·n_loops). Columns: ``TABLE_COLUMNS["depth"]``."""
     loops = cfg.depth_loops or list(range(1, 2 * n_loops + 1))
     hops = cfg.depth_hops or list(range(1, task.max_hops + 1))
     batch = heldout_set(task, hops, cfg.depth_examples, cfg.seed + 2)
@@ -605,7 +610,7 @@ def analyze_model(
     with threadpool_limits(limits=cfg.blas_threads, user_api="blas"):
         tables = _finish(col, model, cfg, name)
     if inputs.task is not None:
-        tables["depth"] = _depth_table(model, inputs.task, cfg, n_loops, name)
+        tables["depth"] = depth_table(model, inputs.task, cfg, n_loops, name)
     else:
         tables["depth"] = pd.DataFrame(columns=list(TABLE_COLUMNS["depth"]))
     tables["_meta"] = pd.DataFrame(

@@ -598,10 +598,10 @@ def run_depth_study(
 
     from mythos_lens.analyze import (
         AtomicDir,
-        _depth_table,
         build_report,
         depth_marks,
         depth_statements,
+        depth_table,
         peak_rss_mb,
     )
     from mythos_lens.checkpoint import load_checkpoint, load_task
@@ -616,7 +616,7 @@ def run_depth_study(
                 raise MythosLensError(f"{ck} records no task", "a checkpoint trained on a task")
             n_loops = cfg.n_loops or model.cfg.max_loop_iters
             print(f"depth table of {ck.name} ...", flush=True)
-            frames.append(_depth_table(model, task, cfg, n_loops, ck.name))
+            frames.append(depth_table(model, task, cfg, n_loops, ck.name))
         depth = pd.concat(frames, ignore_index=True)
         marks = depth_marks(depth)
         rows = []
