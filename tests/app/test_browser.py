@@ -67,7 +67,7 @@ def test_app_in_a_real_browser(checkpoint_root: Path):
 
             # another checkpoint: the caption names it and the charts are drawn again
             page.get_by_role("combobox", name="Checkpoint").click()
-            page.get_by_role("option", name="pointer-lora-off").click()
+            page.get_by_role("option", name="pointer-lora-off", exact=True).click()
             page.get_by_text("pointer-lora-off ·").wait_for()
             wait_idle(page, charts=3)
             assert page.locator(CHARTS).count() >= 3
