@@ -46,8 +46,9 @@ import torch
 from open_mythos.main import OpenMythos
 from tqdm.auto import tqdm
 
+from mythos_lens.atomic import write_json_atomic
 from mythos_lens.capture import capture, check_n_loops, run
-from mythos_lens.checkpoint import load_checkpoint, load_task, read_config, write_json_atomic
+from mythos_lens.checkpoint import load_checkpoint, load_task, read_config
 from mythos_lens.errors import MythosLensError
 from mythos_lens.interventions import AblateLora, SetLoraScale
 from mythos_lens.readouts import coda_lens, logit_lens, loop_step

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from open_mythos.main import OpenMythos
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mythos_lens.atomic import atomic_path, write_json_atomic
 from mythos_lens.errors import MythosLensError
 from mythos_lens.model import (
     check_finite_weights,
@@ -40,20 +40,6 @@ def _state_to_save(model: OpenMythos) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in DERIVED_KEYS}
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     model: OpenMythos, directory: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> Path:
@@ -61,14 +47,8 @@ def save_checkpoint(
     model = require_openmythos(model)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(_state_to_save(model), tmp, metadata={"format": FORMAT})
-        os.replace(tmp, out / WEIGHTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(_state_to_save(model), str(tmp), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
         "mythos_config": config_to_dict(model.cfg),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from mythos_lens.atomic import atomic_path
 from mythos_lens.errors import MythosLensError
 from mythos_lens.sites import ALL_SITES, LAYER_SITES, LOOP_SITES, STREAM_SITES
 
@@ -112,18 +112,12 @@ class Trace:
             "n_loops_requested": self.n_loops_requested,
             "meta": self.meta,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(
                 {k: v.cpu().contiguous() for k, v in tensors.items()},
-                tmp,
+                str(tmp),
                 metadata={"mythos_lens": json.dumps(header)},
             )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from open_mythos.main import OpenMythos
 from tqdm.auto import tqdm
 
-from mythos_lens.checkpoint import save_checkpoint, write_json_atomic
+from mythos_lens.atomic import write_json_atomic
+from mythos_lens.checkpoint import save_checkpoint
 from mythos_lens.errors import MythosLensError
 from mythos_lens.model import build_model, tiny_config
 from mythos_lens.tasks.base import TaskBatch

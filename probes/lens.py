@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mythos_lens.atomic import atomic_path, write_json_atomic
 from mythos_lens.errors import MythosLensError
 from probes._checks import as_int_tensor, as_tensor, check_finite, check_ndim, check_positive_int
 from probes._dist import entropy, kl, rank_of
@@ -223,10 +224,11 @@ class TunedLens(torch.nn.Module):
         """Write ``tuned_lens.safetensors`` (A, b) and ``tuned_lens.json`` into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file({"A": self.A.detach().contiguous(), "b": self.b.detach().contiguous()},
-                  str(d / "tuned_lens.safetensors"))  # fmt: skip
+        with atomic_path(d / "tuned_lens.safetensors") as tmp:
+            tensors = {"A": self.A.detach().contiguous(), "b": self.b.detach().contiguous()}
+            save_file(tensors, str(tmp))
         info = {"format": TUNED_LENS_FORMAT, "n_loops": self.n_loops, "d": self.d, **self.meta}
-        (d / "tuned_lens.json").write_text(json.dumps(info, indent=2))
+        write_json_atomic(d / "tuned_lens.json", info)
         return d
 
     @classmethod

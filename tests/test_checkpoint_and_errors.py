@@ -32,6 +32,8 @@ def test_checkpoint_round_trip_bit_exact(case, ids, tmp_path):
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert cfg["metadata"] == {"task": "unit"}
     assert not list((tmp_path / "ck").glob("*.tmp"))
+    for f in ("model.safetensors", "config.json"):  # shareable, not mkstemp's 0600
+        assert (tmp_path / "ck" / f).stat().st_mode & 0o777 == 0o644
 
 
 def _saved(tmp_path):

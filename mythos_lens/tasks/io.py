@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mythos_lens.checkpoint import write_json_atomic
+from mythos_lens.atomic import atomic_path, write_json_atomic
 from mythos_lens.errors import MythosLensError
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
@@ -33,15 +32,8 @@ def save_dataset(
     if path.suffix != ".safetensors":
         raise MythosLensError(f"dataset path {str(path)!r}", "a path ending in .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in batch.tensors().items()}, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in batch.tensors().items()}, str(tmp))
     hops = batch.hops.tolist()
     meta = {
         "format": DATASET_FORMAT,
