@@ -134,10 +134,8 @@ class LoopSession:
             rest = args[2:] if len(args) > 2 else ()
             return (new_e, new_e, *rest), kwargs
 
-        def on_norm_pre(mod, args, kwargs):
-            st.loop += 1
-
         def on_block_in(mod, args, kwargs, out):
+            st.loop += 1  # the block's input norm runs first in every loop step, once
             return self.emit("block_in", out, args)
 
         def on_router(mod, args, kwargs, out):
@@ -190,7 +188,6 @@ class LoopSession:
         for i, layer in enumerate(m.prelude):
             self._hook(layer, on_layer("prelude", i))
         self._hook(rec, on_recurrent_pre, pre=True)
-        self._hook(rec.norm, on_norm_pre, pre=True)
         self._hook(rec.norm, on_block_in)
         self._hook(rec.block.ffn.router, on_router)
         self._hook(rec.block, on_block)
@@ -231,12 +228,16 @@ class CaptureVisitor:
         positions: torch.Tensor | None,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
+        n_loops: int,
     ) -> None:
         self.sites = set(sites)
         self.positions = positions
-        self.device = device
+        self.device = None if device is None else torch.device(device)
         self.dtype = dtype
-        self.loop: dict[str, list[torch.Tensor]] = {}
+        self.n_slots = n_loops
+        # One [n_loops, ...] buffer per loop site, filled while each value is still in cache
+        # (cheaper than stacking cold per-loop tensors at the end).
+        self.loop: dict[str, torch.Tensor] = {}
         self.stream: dict[str, torch.Tensor] = {}
         self.layers: dict[str, list[torch.Tensor]] = {}
 
@@ -244,16 +245,29 @@ class CaptureVisitor:
         x = value.detach()
         if self.positions is not None and x.dim() >= 2:
             x = x.index_select(1, self.positions.to(x.device))
-        dtype = self.dtype if (self.dtype is not None and x.is_floating_point()) else None
-        if dtype is not None or self.device is not None:
-            x = x.to(device=self.device, dtype=dtype)
+        # Tensor.to costs ~10 us even when it has nothing to do: call it only when it must move.
+        dtype = self.dtype if (self.dtype is not None and x.is_floating_point()) else x.dtype
+        device = self.device if self.device is not None else x.device
+        if dtype != x.dtype or device != x.device:
+            x = x.to(device=device, dtype=dtype)
         return x
+
+    def loop_tensors(self, loops_run: int) -> dict[str, torch.Tensor]:
+        """Each loop site as ``[loops_run, batch, pos, ...]`` (trimmed if ACT stopped early)."""
+        if loops_run == self.n_slots:
+            return dict(self.loop)
+        return {k: v[:loops_run].clone() for k, v in self.loop.items()}
 
     def __call__(self, event: SiteEvent, value: torch.Tensor) -> None:
         if event.site not in self.sites:
             return None
         if event.site in LOOP_SITES:
-            self.loop.setdefault(event.site, []).append(self._store(value))
+            x = self._store(value)
+            buf = self.loop.get(event.site)
+            if buf is None:
+                buf = torch.empty((self.n_slots, *x.shape), dtype=x.dtype, device=x.device)
+                self.loop[event.site] = buf
+            buf[event.loop].copy_(x)
         elif event.site in LAYER_SITES:
             self.layers.setdefault(event.site, []).append(self._store(value))
         else:
@@ -387,8 +401,8 @@ def capture(
     chosen = resolve_sites(sites)
     ids = as_input_ids(input_ids, model)
     pos = _positions(positions, ids.shape[1])
-    keeper = CaptureVisitor(chosen, pos, store_device, store_dtype)
     n_req = check_n_loops(n_loops, model)
+    keeper = CaptureVisitor(chosen, pos, store_device, store_dtype, n_req)
     _, loops_run = run(
         model,
         ids,
@@ -414,7 +428,7 @@ def capture(
         positions=(pos if pos is not None else torch.arange(ids.shape[1])).cpu(),
         n_loops=loops_run,
         n_loops_requested=n_req,
-        loop={k: torch.stack(v) for k, v in keeper.loop.items()},
+        loop=keeper.loop_tensors(loops_run),
         stream=dict(keeper.stream),
         layers={k: torch.stack(v) for k, v in keeper.layers.items()},
         params=_model_params(model),
