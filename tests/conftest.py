@@ -2,7 +2,8 @@ import pytest
 import torch
 from tiny_models import MODEL_CASES, make_model
 
-torch.set_num_threads(2)
+# Tiny models: one thread avoids OpenMP spin-waits (10-100x slowdowns) when the cores are busy.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(params=list(MODEL_CASES))
