@@ -26,7 +26,7 @@ from mythos_lens.model import (
     require_openmythos,
 )
 from mythos_lens.sites import LAYER_SITES, LOOP_SITES, STREAM_SITES, resolve_sites
-from mythos_lens.trace import Trace
+from mythos_lens.trace import LazyStack, Trace
 
 
 @dataclass
@@ -228,16 +228,14 @@ class CaptureVisitor:
         positions: torch.Tensor | None,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
-        n_loops: int,
     ) -> None:
         self.sites = set(sites)
         self.positions = positions
         self.device = None if device is None else torch.device(device)
         self.dtype = dtype
-        self.n_slots = n_loops
-        # One [n_loops, ...] buffer per loop site, filled while each value is still in cache
-        # (cheaper than stacking cold per-loop tensors at the end).
-        self.loop: dict[str, torch.Tensor] = {}
+        # Per-step tensors are kept by reference (upstream never edits them in place); the
+        # trace stacks them into [loop, ...] when a site is first read (LazyStack).
+        self.loop: dict[str, list[torch.Tensor]] = {}
         self.stream: dict[str, torch.Tensor] = {}
         self.layers: dict[str, list[torch.Tensor]] = {}
 
@@ -252,22 +250,11 @@ class CaptureVisitor:
             x = x.to(device=device, dtype=dtype)
         return x
 
-    def loop_tensors(self, loops_run: int) -> dict[str, torch.Tensor]:
-        """Each loop site as ``[loops_run, batch, pos, ...]`` (trimmed if ACT stopped early)."""
-        if loops_run == self.n_slots:
-            return dict(self.loop)
-        return {k: v[:loops_run].clone() for k, v in self.loop.items()}
-
     def __call__(self, event: SiteEvent, value: torch.Tensor) -> None:
         if event.site not in self.sites:
             return None
         if event.site in LOOP_SITES:
-            x = self._store(value)
-            buf = self.loop.get(event.site)
-            if buf is None:
-                buf = torch.empty((self.n_slots, *x.shape), dtype=x.dtype, device=x.device)
-                self.loop[event.site] = buf
-            buf[event.loop].copy_(x)
+            self.loop.setdefault(event.site, []).append(self._store(value))
         elif event.site in LAYER_SITES:
             self.layers.setdefault(event.site, []).append(self._store(value))
         else:
@@ -402,7 +389,7 @@ def capture(
     ids = as_input_ids(input_ids, model)
     pos = _positions(positions, ids.shape[1])
     n_req = check_n_loops(n_loops, model)
-    keeper = CaptureVisitor(chosen, pos, store_device, store_dtype, n_req)
+    keeper = CaptureVisitor(chosen, pos, store_device, store_dtype)
     _, loops_run = run(
         model,
         ids,
@@ -428,9 +415,9 @@ def capture(
         positions=(pos if pos is not None else torch.arange(ids.shape[1])).cpu(),
         n_loops=loops_run,
         n_loops_requested=n_req,
-        loop=keeper.loop_tensors(loops_run),
+        loop=LazyStack(keeper.loop),
         stream=dict(keeper.stream),
-        layers={k: torch.stack(v) for k, v in keeper.layers.items()},
+        layers=LazyStack(keeper.layers),
         params=_model_params(model),
         meta=meta,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,40 @@ from mythos_lens.sites import ALL_SITES, LAYER_SITES, LOOP_SITES, STREAM_SITES
 
 TRACE_FORMAT = "mythos-lens-trace/1"
 _GROUPS = ("loop", "stream", "layers", "params")
+
+
+class LazyStack(MutableMapping):
+    """Site name -> ``[loop (or layer), ...]`` tensor, stacked from per-step tensors on first read.
+
+    Capture keeps references to the tensors upstream computed (it copies nothing), so a site that
+    is captured but never read costs no copy; the first ``stack[site]`` builds the stacked tensor
+    and keeps it.
+    """
+
+    def __init__(self, data: Mapping[str, torch.Tensor | list[torch.Tensor]] | None = None) -> None:
+        self._data: dict[str, torch.Tensor | list[torch.Tensor]] = dict(data or {})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        value = self._data[name]
+        if isinstance(value, list):
+            value = torch.stack(value)
+            self._data[name] = value
+        return value
+
+    def __setitem__(self, name: str, value: torch.Tensor | list[torch.Tensor]) -> None:
+        self._data[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self._data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"LazyStack({list(self._data)})"
 
 
 @dataclass
@@ -40,11 +75,17 @@ class Trace:
     positions: torch.Tensor
     n_loops: int
     n_loops_requested: int
-    loop: dict[str, torch.Tensor] = field(default_factory=dict)
+    loop: MutableMapping[str, torch.Tensor] = field(default_factory=LazyStack)
     stream: dict[str, torch.Tensor] = field(default_factory=dict)
-    layers: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: MutableMapping[str, torch.Tensor] = field(default_factory=LazyStack)
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.loop, LazyStack):
+            self.loop = LazyStack(self.loop)
+        if not isinstance(self.layers, LazyStack):
+            self.layers = LazyStack(self.layers)
 
     # -- access -------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:

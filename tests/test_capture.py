@@ -206,3 +206,14 @@ def test_autocast_bf16_capture(ids):
     assert ref.dtype == torch.bfloat16
     assert torch.equal(trace.logits, ref)
     assert trace["resid_post"].dtype == torch.float32
+
+
+def test_trace_stacks_each_site_once_on_first_read(ids):
+    model = make_model("gqa_all_loops")
+    trace = capture(model, ids, n_loops=3)
+    first = trace["resid_post"]
+    assert first is trace.loop["resid_post"] is trace["resid_post"]  # stacked once, then kept
+    assert first.shape == (3, *ids.shape, model.cfg.dim)
+    assert dict(trace.loop).keys() == set(LOOP_SITES)
+    trace.loop["resid_post"] = first * 0  # still a plain mapping for users who edit a trace
+    assert bool((trace["resid_post"] == 0).all())
