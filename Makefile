@@ -30,7 +30,7 @@ lint: setup
 browser-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  ($$SUDO apt-get update && $$SUDO apt-get install -y chromium) \
+	  ($$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
 	  || { echo "browser-deps: could not install chromium"; [ "$$CI" != "true" ]; }; \
 	fi
 
