@@ -19,7 +19,7 @@ import streamlit as st
 import torch
 from open_mythos.main import OpenMythos
 
-from mythos_lens.capture import capture
+from mythos_lens.capture import capture, parse_token_ids
 from mythos_lens.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -174,27 +174,8 @@ def task_input(directory: str, mtime: float, n: int, hops: int, seed: int, split
 
 
 def parse_ids(text: str) -> Ids:
-    """Token ids typed as text: one sequence per line, ids separated by spaces or commas.
-
-    Raises MythosLensError for a non-integer, an empty input or lines of different lengths
-    (vocabulary and length limits are checked by ``capture`` against the model)."""
-    rows = []
-    for n, line in enumerate(text.strip().splitlines(), 1):
-        parts = [p for p in line.replace(",", " ").split() if p]
-        if not parts:
-            continue
-        try:
-            rows.append(tuple(int(p) for p in parts))
-        except ValueError:
-            bad = next(p for p in parts if not p.lstrip("-").isdigit())
-            raise MythosLensError(f"{bad!r} on line {n} is not a token id", "integers") from None
-    if not rows:
-        raise MythosLensError("no token ids", "at least one id, e.g. '1 9 2 12'")
-    if len({len(r) for r in rows}) > 1:
-        raise MythosLensError(
-            f"sequences of lengths {sorted({len(r) for r in rows})}", "equal-length lines"
-        )
-    return tuple(rows)
+    """Typed token ids (see ``mythos_lens.capture.parse_token_ids``) as a hashable cache key."""
+    return tuple(tuple(row) for row in parse_token_ids(text))
 
 
 # -- traces and tables (cached) ---------------------------------------------------------------

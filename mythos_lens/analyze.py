@@ -47,7 +47,7 @@ from open_mythos.main import OpenMythos
 from tqdm.auto import tqdm
 
 from mythos_lens.atomic import write_json_atomic
-from mythos_lens.capture import capture, check_n_loops, run
+from mythos_lens.capture import capture, check_n_loops, parse_token_ids, run
 from mythos_lens.checkpoint import load_checkpoint, load_task, read_config
 from mythos_lens.errors import MythosLensError
 from mythos_lens.interventions import AblateLora, SetLoraScale
@@ -564,14 +564,9 @@ def read_inputs(path: str | os.PathLike) -> Inputs:
         batch, task, _ = load_dataset(p)
         return Inputs(batch.input_ids, batch, task, f"dataset {p.name}")
     try:
-        rows = [
-            [int(x) for x in line.split()] for line in p.read_text().splitlines() if line.strip()
-        ]
-    except ValueError:
-        raise MythosLensError(f"{p} holds non-integer tokens", "whitespace-separated ids") from None
-    if not rows or len({len(r) for r in rows}) != 1:
-        raise MythosLensError(f"{p}: {len(rows)} lines of lengths {sorted({len(r) for r in rows})}",
-                              "one or more lines of equal length")  # fmt: skip
+        rows = parse_token_ids(p.read_text())
+    except MythosLensError as exc:
+        raise MythosLensError(f"{p}: {exc.what}", exc.expected) from None
     return Inputs(torch.tensor(rows, dtype=torch.long), None, None, f"ids file {p.name}")
 
 

@@ -262,6 +262,30 @@ class CaptureVisitor:
         return None
 
 
+def parse_token_ids(text: str) -> list[list[int]]:
+    """Token ids written as text: one sequence per line, ids separated by spaces or commas.
+
+    Raises MythosLensError for a non-integer, an empty input or lines of different lengths
+    (vocabulary and length limits are checked against a model by :func:`as_input_ids`)."""
+    rows = []
+    for n, line in enumerate(text.strip().splitlines(), 1):
+        parts = line.replace(",", " ").split()
+        if not parts:
+            continue
+        try:
+            rows.append([int(p) for p in parts])
+        except ValueError:
+            bad = next(p for p in parts if not p.lstrip("-").isdigit())
+            raise MythosLensError(f"{bad!r} on line {n} is not a token id", "integers") from None
+    if not rows:
+        raise MythosLensError("no token ids", "at least one id, e.g. '1 9 2 12'")
+    if len({len(r) for r in rows}) > 1:
+        raise MythosLensError(
+            f"sequences of lengths {sorted({len(r) for r in rows})}", "equal-length lines"
+        )
+    return rows
+
+
 def as_input_ids(input_ids: Any, model: OpenMythos) -> torch.Tensor:
     """Validate token ids and return them as ``[batch, seq]`` int64 on the model's device.
 

@@ -143,3 +143,16 @@ def test_trace_save_load_and_tables(ids, tmp_path):
     halt = trace.to_frame("halt_prob")
     row = halt[(halt.loop == 1) & (halt.batch == 2) & (halt.pos == 5)]
     assert row["value"].item() == pytest.approx(trace["halt_prob"][1, 2, 1].item())
+
+
+def test_parse_token_ids():
+    from mythos_lens.capture import parse_token_ids
+
+    assert parse_token_ids("1 2, 3\n\n4 5 6\n") == [[1, 2, 3], [4, 5, 6]]
+    for text, msg in [
+        ("1 x 3", "'x' on line 1 is not a token id"),
+        ("1 2 3\n1 2", "equal-length lines"),
+        ("  \n", "no token ids"),
+    ]:
+        with pytest.raises(MythosLensError, match=msg):
+            parse_token_ids(text)
