@@ -31,8 +31,6 @@ import dataclasses
 import json
 import os
 import resource
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -46,7 +44,7 @@ import torch
 from open_mythos.main import OpenMythos
 from tqdm.auto import tqdm
 
-from mythos_lens.atomic import write_json_atomic
+from mythos_lens.atomic import AtomicDir, write_json_atomic
 from mythos_lens.capture import capture, check_n_loops, parse_token_ids, run
 from mythos_lens.checkpoint import load_checkpoint, load_task, read_config
 from mythos_lens.errors import MythosLensError
@@ -645,37 +643,6 @@ def write_tables(tables: dict[str, pd.DataFrame], directory: Path) -> None:
         df = df.reset_index(drop=True)
         df.to_parquet(directory / f"{name}.parquet", index=False)
         df.to_csv(directory / f"{name}.csv", index=False)
-
-
-class AtomicDir:
-    """Write into a fresh temporary sibling of ``out``; rename it onto ``out`` on success, remove
-    it on any exception (so an interrupted run leaves no partial output). ``overwrite`` replaces
-    an existing ``out``; without it an existing ``out`` is an error, raised before any work."""
-
-    def __init__(self, out: str | os.PathLike, overwrite: bool = False) -> None:
-        self.out = Path(out)
-        self.overwrite = overwrite
-        if self.out.exists() and not overwrite:
-            raise MythosLensError(f"{self.out} exists", "a new output directory, or --overwrite")
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def peak_rss_mb() -> float:

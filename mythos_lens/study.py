@@ -20,6 +20,7 @@ two processes at a time, one torch thread each, skipping checkpoints that alread
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mythos_lens.atomic import AtomicDir
 from mythos_lens.errors import MythosLensError
 
 # The fast study recipe: the shipped presets' recipe (loops drawn from 2…6, embedding re-init,
@@ -488,7 +490,6 @@ def run_lora_study(
     ``.csv`` (:data:`STUDY_COLUMNS`), ``verdict.json``, ``report.html``, and every per-model table
     under ``tables/`` (:data:`analyze.TABLE_COLUMNS`)."""
     from mythos_lens.analyze import (
-        AtomicDir,
         analyze_model,
         build_report,
         concat_tables,
@@ -536,7 +537,7 @@ def run_lora_study(
         meta = {
             "checkpoints": {k: str(v) for k, v in sorted((p.name, p) for p in paths.values())},
             "models": train_info,
-            "analyze_config": dataclasses_asdict(cfg),
+            "analyze_config": dataclasses.asdict(cfg),
             "seconds": round(time.perf_counter() - t0, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "torch_threads": torch.get_num_threads(),
@@ -567,12 +568,6 @@ def run_lora_study(
     return Path(out)
 
 
-def dataclasses_asdict(cfg: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
-
-
 # ----------------------------------------------------------------------------- study depth
 
 
@@ -597,7 +592,6 @@ def run_depth_study(
     import plotly.graph_objects as go
 
     from mythos_lens.analyze import (
-        AtomicDir,
         build_report,
         depth_marks,
         depth_statements,
@@ -650,7 +644,7 @@ def run_depth_study(
                          "count, ▼ = significantly below the row's best at a higher loop count "
                          "(in at least half of the seeds).", fig))  # fmt: skip
         meta = {"checkpoints": [str(c) for c in checkpoints],
-                "config": dataclasses_asdict(cfg),
+                "config": dataclasses.asdict(cfg),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
         (tmp / "run.json").write_text(json.dumps(meta, indent=1, default=str))
