@@ -52,7 +52,7 @@ from mythos_lens.interventions import AblateLora, SetLoraScale
 from mythos_lens.readouts import coda_lens, logit_lens, loop_step
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
-from mythos_lens.train import heldout_set, per_hop_accuracy
+from mythos_lens.train import depth_accuracy
 from probes.convergence import lens_kl_table, rho_A, spectral_radius, step_table
 from probes.lens import apply_lens, lens_table
 from probes.linear import hop_matrix, loop_channels, probe, probe_loop_index, summarize
@@ -534,13 +534,10 @@ def depth_table(
     (default 1 … 2·n_loops). Columns: ``TABLE_COLUMNS["depth"]``."""
     loops = cfg.depth_loops or list(range(1, 2 * n_loops + 1))
     hops = cfg.depth_hops or list(range(1, task.max_hops + 1))
-    batch = heldout_set(task, hops, cfg.depth_examples, cfg.seed + 2)
-    rows = []
-    for n in tqdm(loops, desc=f"{name}: accuracy vs loops", leave=False, disable=not cfg.progress):
-        acc = per_hop_accuracy(model, batch, n)
-        rows += [{"checkpoint": name, "hops": h, "n_loops": n, "n": cfg.depth_examples,
-                  "accuracy": acc[h]} for h in hops]  # fmt: skip
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS["depth"]))
+    df = depth_accuracy(model, task, hops, loops, cfg.depth_examples, cfg.seed + 2,
+                        desc=f"{name}: accuracy vs loops", progress=cfg.progress)  # fmt: skip
+    df = df.assign(checkpoint=name, n=cfg.depth_examples)
+    return df[list(TABLE_COLUMNS["depth"])]
 
 
 def task_inputs(task: PointerTask, n: int, seed: int, hops: Sequence[int] | None) -> Inputs:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from open_mythos.main import OpenMythos
@@ -262,17 +263,39 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     )
 
 
+def depth_accuracy(
+    model: OpenMythos,
+    task: PointerTask,
+    hops: list[int],
+    loops: list[int],
+    per_cell: int,
+    seed: int,
+    dtype: str = "float32",
+    desc: str = "accuracy vs loops",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Held-out accuracy per (hop count, loop count): `per_cell` examples per hop count (one
+    held-out set, deterministic from `seed`, reused for every loop count). Columns ``hops,
+    n_loops, accuracy``."""
+    batch = heldout_set(task, hops, per_cell, seed)
+    rows = []
+    for n in tqdm(
+        loops, desc=desc, leave=False, disable=None if progress is None else not progress
+    ):
+        acc = per_hop_accuracy(model, batch, n, dtype)
+        rows += [{"hops": h, "n_loops": n, "accuracy": acc[h]} for h in hops]
+    return pd.DataFrame(rows, columns=["hops", "n_loops", "accuracy"])
+
+
 def extrapolation_table(
     model: OpenMythos, task: PointerTask, loops: list[int], per_cell: int, seed: int, dtype: str
 ) -> dict[str, Any]:
     """Held-out accuracy for every hop count 1 … max_hops (rows) × loop count in `loops` (columns)."""
     hops = list(range(1, task.max_hops + 1))
-    batch = heldout_set(task, hops, per_cell, seed)
+    df = depth_accuracy(model, task, hops, loops, per_cell, seed, dtype, desc="extrapolation")
     rows = {str(h): {} for h in hops}
-    for n in tqdm(loops, desc="extrapolation", leave=False, disable=None):
-        acc = per_hop_accuracy(model, batch, n, dtype)
-        for h in hops:
-            rows[str(h)][str(n)] = round(acc[h], 4)
+    for r in df.itertuples():
+        rows[str(r.hops)][str(r.n_loops)] = round(r.accuracy, 4)
     return {"hops": hops, "loops": list(loops), "examples_per_cell": per_cell, "accuracy": rows}
 
 
