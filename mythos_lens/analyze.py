@@ -706,20 +706,14 @@ def analyze(
 # ------------------------------------------------------------------------------------- CLI
 
 
-def _parse_ints(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    from mythos_lens.cli import _parse_hops
-
-    return _parse_hops(text)
-
-
 def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
     """AnalyzeConfig from the shared ``analyze`` / ``study`` options."""
+    from mythos_lens.cli import parse_ints  # cli imports this module
+
     return AnalyzeConfig(
         n_examples=args.n, batch_size=args.batch_size, n_loops=args.loops,
-        hops=_parse_ints(args.hops), seed=args.seed, probe_examples=args.probe_examples,
-        depth_loops=_parse_ints(args.depth_loops), depth_examples=args.depth_examples,
+        hops=parse_ints(args.hops), seed=args.seed, probe_examples=args.probe_examples,
+        depth_loops=parse_ints(args.depth_loops), depth_examples=args.depth_examples,
         progress=not args.no_progress,
     )  # fmt: skip
 

@@ -21,8 +21,11 @@ from mythos_lens.study import add_study_command
 # --------------------------------------------------------------------------------------- tasks
 
 
-def _parse_hops(text: str) -> list[int]:
-    """``"3"`` -> [3]; ``"1-6"`` -> [1 … 6]; ``"1,2,5"`` -> [1, 2, 5]."""
+def parse_ints(text: str | None) -> list[int] | None:
+    """Integers from the command line (hops, loops, seeds): ``"3"`` -> [3]; ``"1-6"`` ->
+    [1 … 6]; ``"1,2,5"`` -> [1, 2, 5]; ``None`` -> ``None``."""
+    if text is None:
+        return None
     try:
         if "-" in text:
             lo, hi = (int(x) for x in text.split("-", 1))
@@ -54,7 +57,7 @@ def _task_from_args(args: argparse.Namespace):
 
 def _tasks_show(args: argparse.Namespace) -> int:
     task = _task_from_args(args)
-    hops = _parse_hops(args.hops) if args.hops else None
+    hops = parse_ints(args.hops)
     batch = task.generate(args.n, args.split, args.seed, hops=hops)
     print(json.dumps(task.spec()["layout"], indent=None))
     for i in range(len(batch)):
@@ -68,7 +71,7 @@ def _tasks_generate(args: argparse.Namespace) -> int:
     from mythos_lens.tasks.io import save_dataset
 
     task = _task_from_args(args)
-    hops = _parse_hops(args.hops) if args.hops else None
+    hops = parse_ints(args.hops)
     batch = task.generate(args.n, args.split, args.seed, hops=hops)
     info = {"split": args.split, "seed": args.seed, "hops_requested": hops}
     path, sidecar = save_dataset(batch, task, args.out, info)

@@ -660,7 +660,7 @@ def run_depth_study(
 
 def _study(args: argparse.Namespace) -> int:
     from mythos_lens.analyze import config_from_args, peak_rss_mb
-    from mythos_lens.cli import _parse_hops
+    from mythos_lens.cli import parse_ints
 
     torch.set_num_threads(args.threads or 1)
     cfg = config_from_args(args)
@@ -674,7 +674,7 @@ def _study(args: argparse.Namespace) -> int:
                               plotlyjs=args.plotlyjs)  # fmt: skip
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s, peak RSS {peak_rss_mb():.0f} MB")
         return 0
-    seeds = _parse_hops(args.seeds) if args.seeds else None
+    seeds = parse_ints(args.seeds)
     if args.reuse:
         paths = reuse_models(args.dir, seeds)
     else:
