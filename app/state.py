@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from mythos_lens.capture import capture, parse_token_ids
 from mythos_lens.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    check_checkpoint,
     load_checkpoint,
     load_task,
     read_config,
@@ -39,7 +41,7 @@ from probes.lens import TunedLens, apply_lens, fit_tuned_lens, lens_table
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS_ENV = "MYTHOS_LENS_CHECKPOINTS"  # another folder of checkpoints (tests, your own runs)
 DEFAULT_CHECKPOINT = "pointer-lora-on"
-UPLOAD_ROOT = Path(tempfile.gettempdir()) / "mythos-lens-uploads"
+UPLOADS_ENV = "MYTHOS_LENS_UPLOADS"  # where uploads are kept (default: the system temp dir)
 LENSES = ("logit", "coda", "tuned")
 TUNED_LENS_EXAMPLES = 256  # training-split examples the tuned lens is fitted on
 TUNED_LENS_STEPS = 150
@@ -109,14 +111,47 @@ def checkpoint_metadata(directory: str) -> dict:
 
 def save_upload(weights: bytes, config: bytes) -> str:
     """Write an uploaded checkpoint into a temp dir named by its content hash and validate it
-    with ``load_checkpoint``; returns the directory. Raises MythosLensError when invalid."""
+    with ``load_checkpoint``; returns the directory. Raises MythosLensError when invalid, after
+    removing what was written (a rejected upload leaves nothing on disk). At most
+    :data:`MAX_UPLOADS` accepted uploads are kept (oldest removed first)."""
     digest = hashlib.sha256(weights + b"\0" + config).hexdigest()[:16]
-    out = UPLOAD_ROOT / digest
-    out.mkdir(parents=True, exist_ok=True)
-    (out / WEIGHTS_FILE).write_bytes(weights)
-    (out / CONFIG_FILE).write_bytes(config)
-    load_checkpoint(out)  # validation: names the first problem
+    root = upload_root()
+    out = root / digest
+    if (out / WEIGHTS_FILE).is_file() and (out / CONFIG_FILE).is_file():
+        os.utime(out)  # most recently used
+        return str(out)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
+    try:
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
+        (tmp / CONFIG_FILE).write_bytes(config)
+        check_checkpoint(tmp)  # header only: an oversized config is refused before allocating
+        load_checkpoint(tmp)  # names the first problem with the weights themselves
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune_uploads(root)
     return str(out)
+
+
+MAX_UPLOADS = 16
+
+
+def upload_root() -> Path:
+    """Where accepted uploads are kept: ``$MYTHOS_LENS_UPLOADS`` or a temp-dir folder."""
+    default = Path(tempfile.gettempdir()) / "mythos-lens-uploads"
+    return Path(os.environ.get(UPLOADS_ENV, default))
+
+
+def _prune_uploads(root: Path) -> None:
+    kept = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in kept[MAX_UPLOADS:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- the selection ----------------------------------------------------------------------------

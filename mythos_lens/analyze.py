@@ -44,11 +44,12 @@ import torch
 from open_mythos.main import OpenMythos
 from tqdm.auto import tqdm
 
-from mythos_lens.atomic import AtomicDir, write_json_atomic
-from mythos_lens.capture import capture, check_n_loops, parse_token_ids, run
+from mythos_lens.atomic import AtomicDir
+from mythos_lens.capture import capture, parse_token_ids, run
 from mythos_lens.checkpoint import load_checkpoint, load_task, read_config
-from mythos_lens.errors import MythosLensError
+from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.interventions import AblateLora, SetLoraScale
+from mythos_lens.model import check_n_loops
 from mythos_lens.readouts import coda_lens, logit_lens, loop_step
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
@@ -199,6 +200,26 @@ class AnalyzeConfig:
     spectral_iters: int = 30
     blas_threads: int = 1  # BLAS threads for the probes' fits (small problems: 1 is fastest)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Every field is checked here, so a bad value fails before any work (CLI and library)."""
+        for name, lo in (("n_examples", 1), ("batch_size", 1), ("seed", 0),
+                         ("probe_examples", 0), ("probe_splits", 2), ("depth_examples", 1),
+                         ("spectral_examples", 1), ("spectral_iters", 2),
+                         ("blas_threads", 1)):  # fmt: skip
+            setattr(self, name, check_int(name, getattr(self, name), lo))
+        self.position = check_int("position", self.position)
+        if self.n_loops is not None:
+            self.n_loops = check_int("n_loops", self.n_loops, 2)  # loops are compared: >= 2
+        for name in ("hops", "depth_loops", "depth_hops"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not value:
+                raise MythosLensError(f"{name}={value!r}", "None or a non-empty list of integers")
+            setattr(self, name, [check_int(f"{name} entry", v, 1) for v in value])
+        if not isinstance(self.progress, bool):
+            raise MythosLensError(f"progress={self.progress!r}", "true or false")
 
 
 @dataclass
@@ -665,7 +686,8 @@ def analyze(
     t0 = time.perf_counter()
     per_model = []
     names = []
-    with AtomicDir(out, overwrite) as tmp:
+    atomic = AtomicDir(out, overwrite)
+    with atomic as tmp:
         for ck in checkpoints:
             ck = Path(ck)
             model = load_checkpoint(ck)
@@ -697,7 +719,7 @@ def analyze(
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "torch_threads": torch.get_num_threads(),
         }
-        write_json_atomic(tmp / "run.json", meta)
+        atomic.write_run(meta)
         html = build_report(tables, meta, title="mythos-lens analysis", plotlyjs=plotlyjs)
         (tmp / "report.html").write_text(html, encoding="utf-8")
     return Path(out)

@@ -10,6 +10,7 @@ each event in order and may return a replacement value. Hooks are removed in ``f
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from open_mythos.main import OpenMythos
 from mythos_lens.errors import MythosLensError
 from mythos_lens.model import (
     check_finite_weights,
+    check_n_loops,
     config_to_dict,
     model_device_dtype,
     require_openmythos,
@@ -45,7 +47,12 @@ class SiteEvent:
 
 
 class Visitor(Protocol):
-    """Anything called at each site event; returns a replacement value or ``None``."""
+    """Anything called at each site event; returns a replacement value or ``None``.
+
+    A visitor aimed at particular loop steps (an intervention) may also expose
+    ``target_loops: frozenset[int] | None``; :func:`run` then refuses a run in which any of those
+    loops does not happen, so a typo or an early ACT exit cannot pass for a null result.
+    """
 
     def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None: ...
 
@@ -84,6 +91,11 @@ class LoopSession:
             out = visit(event, value)
             if out is None or out is value:
                 continue
+            if not isinstance(out, torch.Tensor):
+                raise MythosLensError(
+                    f"a visitor returned a {type(out).__name__} for site {site!r}",
+                    "a torch.Tensor replacement or None",
+                )
             if read_only:
                 raise MythosLensError(
                     f"a hook replaced the derived site {site!r}",
@@ -262,21 +274,34 @@ class CaptureVisitor:
         return None
 
 
-def parse_token_ids(text: str) -> list[list[int]]:
-    """Token ids written as text: one sequence per line, ids separated by spaces or commas.
+_TOKEN_ID = re.compile(r"[0-9]+")
+_MAX_ID = 2**63 - 1
 
-    Raises MythosLensError for a non-integer, an empty input or lines of different lengths
-    (vocabulary and length limits are checked against a model by :func:`as_input_ids`)."""
+
+def parse_token_ids(text: str) -> list[list[int]]:
+    """Token ids written as text: one sequence per line, ids (ASCII digits) separated by spaces
+    or commas.
+
+    Raises MythosLensError for anything else: a non-integer or negative id, one too large for
+    int64, an empty input or lines of different lengths (vocabulary and length limits are
+    checked against a model by :func:`as_input_ids`)."""
+    if not isinstance(text, str):
+        raise MythosLensError(f"token ids given as a {type(text).__name__}", "text")
     rows = []
     for n, line in enumerate(text.strip().splitlines(), 1):
         parts = line.replace(",", " ").split()
         if not parts:
             continue
-        try:
-            rows.append([int(p) for p in parts])
-        except ValueError:
-            bad = next(p for p in parts if not p.lstrip("-").isdigit())
-            raise MythosLensError(f"{bad!r} on line {n} is not a token id", "integers") from None
+        row = []
+        for p in parts:
+            if not _TOKEN_ID.fullmatch(p):
+                raise MythosLensError(
+                    f"{p[:40]!r} on line {n} is not a token id", "non-negative integers"
+                )
+            if len(p) > 19 or int(p) > _MAX_ID:
+                raise MythosLensError(f"token id {p[:40]} on line {n} is too large", "an int64")
+            row.append(int(p))
+        rows.append(row)
     if not rows:
         raise MythosLensError("no token ids", "at least one id, e.g. '1 9 2 12'")
     if len({len(r) for r in rows}) > 1:
@@ -322,24 +347,64 @@ def as_input_ids(input_ids: Any, model: OpenMythos) -> torch.Tensor:
     return input_ids.to(device=device, dtype=torch.long)
 
 
-def check_n_loops(n_loops: Any, model: OpenMythos) -> int:
-    """Validate ``n_loops`` (``None`` means the model's ``max_loop_iters``)."""
-    if n_loops is None:
-        return model.cfg.max_loop_iters
-    if isinstance(n_loops, bool) or not isinstance(n_loops, int) or n_loops < 1:
-        raise MythosLensError(f"n_loops={n_loops!r}", "an integer >= 1")
-    return n_loops
-
-
 def _positions(positions: Any, seq: int) -> torch.Tensor | None:
     if positions is None:
         return None
-    pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    try:
+        pos = torch.as_tensor(positions)
+    except (TypeError, ValueError, RuntimeError):
+        raise MythosLensError(f"positions={positions!r}", "a list of integer positions") from None
+    if pos.is_floating_point() or pos.is_complex() or pos.dtype == torch.bool:
+        raise MythosLensError(f"positions of dtype {pos.dtype} ({positions!r})", "integers")
+    pos = pos.reshape(-1).to(torch.long)
     if pos.numel() == 0 or int(pos.min()) < -seq or int(pos.max()) >= seq:
         raise MythosLensError(
             f"positions {pos.tolist()} for a sequence of {seq}", f"indices in [-{seq}, {seq - 1}]"
         )
     return torch.remainder(pos, seq)
+
+
+def _store_dtype(dtype: Any) -> torch.dtype | None:
+    """Captured activations may be stored in another floating dtype, never an integer one
+    (int8 or bool would silently destroy them)."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise MythosLensError(
+            f"store_dtype={dtype!r}", "None or a floating torch dtype (float32, bfloat16, ...)"
+        )
+    return dtype
+
+
+def target_loops(visitors: Sequence[Visitor]) -> list[tuple[Visitor, int]]:
+    """(visitor, loop) for every loop step a visitor declares it must reach (``target_loops``)."""
+    out = []
+    for v in visitors:
+        loops = getattr(v, "target_loops", None)
+        out += [(v, t) for t in sorted(loops or ())]
+    return out
+
+
+def check_loops_reached(
+    visitors: Sequence[Visitor], loops_run: int, requested: int, stopped_early: bool
+) -> None:
+    """Raise when an intervention targets a loop step that did not run (``loops_run`` ran of
+    ``requested``): that would otherwise look like a null result."""
+    missing = [(v, t) for v, t in target_loops(visitors) if t >= loops_run]
+    if not missing:
+        return
+    v, t = missing[0]
+    ran = f"loops 0-{loops_run - 1}" if loops_run > 1 else "loop 0"
+    if t >= requested:
+        raise MythosLensError(
+            f"{v!r} targets loop {t} but the run has n_loops={requested} ({ran})",
+            f"loops in [0, {requested - 1}], or n_loops > {t}",
+        )
+    how = " (ACT stopped early)" if stopped_early else ""
+    raise MythosLensError(
+        f"{v!r} targets loop {t} but only {loops_run} of {requested} loops ran{how}",
+        "a loop that runs: pass run_all_loops=True to run every requested loop",
+    )
 
 
 def _model_params(model: OpenMythos) -> dict[str, torch.Tensor]:
@@ -372,11 +437,13 @@ def run(
     check_finite_weights(model)
     ids = as_input_ids(input_ids, model)
     n = check_n_loops(n_loops, model)
+    check_loops_reached(visitors, n, n, False)  # before running: loops beyond n_loops
     session = LoopSession(model, visitors)
     grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with session.installed(), grad_ctx:
         logits = model(ids, n_loops=n, kv_cache={} if run_all_loops else None)
         logits = session.emit("logits", logits, read_only=True)
+    check_loops_reached(visitors, session.loops_run, n, session.loops_run < n)
     return logits, session.loops_run
 
 
@@ -413,7 +480,7 @@ def capture(
     ids = as_input_ids(input_ids, model)
     pos = _positions(positions, ids.shape[1])
     n_req = check_n_loops(n_loops, model)
-    keeper = CaptureVisitor(chosen, pos, store_device, store_dtype)
+    keeper = CaptureVisitor(chosen, pos, store_device, _store_dtype(store_dtype))
     _, loops_run = run(
         model,
         ids,
@@ -455,6 +522,6 @@ __all__ = [
     "capture",
     "run",
     "as_input_ids",
-    "check_n_loops",
+    "check_loops_reached",
     "STREAM_SITES",
 ]

@@ -18,31 +18,48 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from mythos_lens.capture import SiteEvent
-from mythos_lens.errors import MythosLensError
+from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.sites import ALL_SITES, LOOP_SITES
 from mythos_lens.trace import Trace
 
 
-def _loop_set(loops: int | Iterable[int] | None) -> frozenset[int] | None:
+def _loop_set(loops: Any) -> frozenset[int] | None:
     if loops is None:
         return None
-    if isinstance(loops, int):
+    if isinstance(loops, (int, np.integer)) or (
+        isinstance(loops, torch.Tensor) and loops.ndim == 0
+    ):
         loops = [loops]
-    out = []
-    for t in loops:
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise MythosLensError(f"loop index {t!r}", "integers >= 0")
-        out.append(t)
-    return frozenset(out)
+    try:
+        items = list(loops)
+    except TypeError:
+        raise MythosLensError(f"loops={loops!r}", "None, a loop index or a list of them") from None
+    return frozenset(check_int("loop index", t, 0) for t in items)
 
 
 def _check_loop(loop: Any) -> int:
-    if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
-        raise MythosLensError(f"loop={loop!r}", "an integer >= 0")
-    return loop
+    return check_int("loop", loop, 0)
+
+
+def _as_tensor(value: Any, what: str, *, integer: bool) -> torch.Tensor:
+    """A tensor from a tensor, numpy array or nested list; integer or floating as asked."""
+    try:
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise MythosLensError(
+            f"{what} is a {type(value).__name__}", "a tensor or nested list"
+        ) from None
+    ok = (not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool) if integer \
+        else t.is_floating_point()  # fmt: skip
+    if not ok:
+        raise MythosLensError(
+            f"{what} has dtype {t.dtype}", "integer ids" if integer else "floating values"
+        )
+    return t
 
 
 class AblateLora:
@@ -50,6 +67,7 @@ class AblateLora:
 
     def __init__(self, loops: int | Iterable[int] | None = None) -> None:
         self.loops = _loop_set(loops)
+        self.target_loops = self.loops
 
     def __repr__(self) -> str:
         return f"AblateLora(loops={sorted(self.loops) if self.loops is not None else 'all'})"
@@ -68,8 +86,12 @@ class SetLoraScale:
         self, loops: int | Iterable[int] | None, scale: torch.Tensor | str = "mean"
     ) -> None:
         self.loops = _loop_set(loops)
-        if isinstance(scale, str) and scale != "mean":
-            raise MythosLensError(f"scale={scale!r}", "a [rank] tensor or 'mean'")
+        self.target_loops = self.loops
+        if isinstance(scale, str):
+            if scale != "mean":
+                raise MythosLensError(f"scale={scale!r}", "a [rank] tensor or 'mean'")
+        else:
+            scale = _as_tensor(scale, "LoRA scale", integer=False)
         self.scale = scale
 
     def __repr__(self) -> str:
@@ -111,8 +133,15 @@ class Patch:
             loop = _check_loop(loop)
         elif loop is not None:
             raise MythosLensError(f"loop={loop} for stream site {site!r}", "loop=None")
-        self.site, self.loop, self.value = site, loop, value.detach()
-        self.positions = None if positions is None else torch.as_tensor(list(positions))
+        self.site, self.loop = site, loop
+        self.value = _as_tensor(value, f"patch value for {site!r}", integer=False).detach()
+        self.target_loops = None if loop is None else frozenset([loop])
+        self.positions = None
+        if positions is not None:
+            pos = _as_tensor(positions, "patch positions", integer=True).reshape(-1)
+            if pos.numel() == 0 or int(pos.min()) < 0:
+                raise MythosLensError(f"patch positions {pos.tolist()}", "positions >= 0")
+            self.positions = pos.to(torch.long)
 
     @classmethod
     def from_trace(
@@ -157,6 +186,11 @@ class Patch:
             return new
         out = value.clone()
         pos = self.positions.to(value.device)
+        if int(pos.max()) >= value.shape[1]:
+            raise MythosLensError(
+                f"patch position {int(pos.max())} for a sequence of {value.shape[1]}",
+                f"positions in [0, {value.shape[1] - 1}]",
+            )
         if new.shape != (value.shape[0], len(pos), *value.shape[2:]):
             raise MythosLensError(
                 f"patch for {self.site!r} at {len(pos)} positions has shape {tuple(new.shape)}",
@@ -196,7 +230,10 @@ class ForceExperts:
 
     def __init__(self, loop: int, expert_ids: torch.Tensor) -> None:
         self.loop = _check_loop(loop)
-        self.expert_ids = expert_ids
+        self.target_loops = frozenset([self.loop])
+        self.expert_ids = _as_tensor(expert_ids, "forced expert ids", integer=True)
+        if self.expert_ids.dim() < 1:
+            raise MythosLensError("forced expert ids are a scalar", "[batch, seq, k] ids")
 
     def __repr__(self) -> str:
         return f"ForceExperts(loop={self.loop})"
@@ -219,6 +256,7 @@ class FreezeRouter:
     def __init__(self, source_loop: int = 0, loops: int | Iterable[int] | None = None) -> None:
         self.source_loop = _check_loop(source_loop)
         self.loops = _loop_set(loops)
+        self.target_loops = frozenset([self.source_loop, *(self.loops or ())])
         self._ids: torch.Tensor | None = None
 
     def __repr__(self) -> str:
@@ -248,7 +286,10 @@ class EditSite:
     ) -> None:
         if site not in ALL_SITES:
             raise MythosLensError(f"unknown site {site!r}", f"one of {list(ALL_SITES)}")
+        if not callable(fn):
+            raise MythosLensError(f"fn is a {type(fn).__name__}", "a callable (value, event)")
         self.site, self.fn, self.loops = site, fn, _loop_set(loops)
+        self.target_loops = self.loops if site in LOOP_SITES else None
 
     def __repr__(self) -> str:
         return f"EditSite({self.site!r}, loops={sorted(self.loops) if self.loops else 'all'})"

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from open_mythos.main import MythosConfig, OpenMythos
 
-from mythos_lens.errors import MythosLensError
+from mythos_lens.errors import MythosLensError, check_float, check_int
 
 UPSTREAM_VERSION = "0.5.0"
 
@@ -41,7 +41,10 @@ def config_from_dict(raw: dict[str, Any]) -> MythosConfig:
     for name, typ in CONFIG_FIELDS.items():
         v = raw[name]
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
+            try:
+                v = float(v)
+            except OverflowError:
+                raise MythosLensError(f"config field {name!r} is {v}", "a finite number") from None
         if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
             raise MythosLensError(
                 f"config field {name!r} is {v!r} ({type(v).__name__})", f"a {typ.__name__}"
@@ -56,11 +59,22 @@ def check_config(cfg: MythosConfig) -> None:
     """Raise MythosLensError for a config upstream would build wrongly or fail on later."""
     positive = [
         "vocab_size", "dim", "n_heads", "n_kv_heads", "max_seq_len", "max_loop_iters",
-        "n_experts", "n_experts_per_tok", "expert_dim", "lora_rank",
+        "n_experts", "n_experts_per_tok", "expert_dim", "lora_rank", "max_output_tokens",
     ]  # fmt: skip
+    if cfg.attn_type == "mla":
+        positive += ["kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
+                     "v_head_dim"]  # fmt: skip
+    most = 2**31 - 1  # a tensor dimension; larger is a typo, not a model
     for name in positive:
-        if getattr(cfg, name) < 1:
-            raise MythosLensError(f"config {name}={getattr(cfg, name)}", "a positive integer")
+        check_int(f"config {name}", getattr(cfg, name), 1, most)
+    for name in ("prelude_layers", "coda_layers", "n_shared_experts"):
+        check_int(f"config {name}", getattr(cfg, name), 0, most)
+    # act_threshold may be huge (1e9: nothing halts) but must be a positive finite number.
+    check_float("config act_threshold", cfg.act_threshold, 0.0, lo_open=True)
+    check_float("config rope_theta", cfg.rope_theta, 0.0, lo_open=True)
+    check_float("config dropout", cfg.dropout, 0.0, 1.0)
+    if cfg.dropout == 1.0:
+        raise MythosLensError("config dropout=1.0", "a dropout probability in [0, 1)")
     if cfg.attn_type not in ("gqa", "mla"):
         raise MythosLensError(f"config attn_type={cfg.attn_type!r}", "'gqa' or 'mla'")
     if cfg.dim % cfg.n_heads:
@@ -72,6 +86,15 @@ def check_config(cfg: MythosConfig) -> None:
             f"n_heads={cfg.n_heads} with n_kv_heads={cfg.n_kv_heads}",
             "n_heads divisible by n_kv_heads",
         )
+    if cfg.attn_type == "gqa" and (cfg.dim // cfg.n_heads) % 2:
+        raise MythosLensError(
+            f"head dim {cfg.dim // cfg.n_heads} (dim {cfg.dim} / n_heads {cfg.n_heads}) is odd",
+            "an even head dim (RoPE rotates channel pairs)",
+        )
+    if cfg.attn_type == "mla" and cfg.qk_rope_head_dim % 2:
+        raise MythosLensError(
+            f"qk_rope_head_dim={cfg.qk_rope_head_dim} is odd", "an even RoPE width"
+        )
     if cfg.n_experts_per_tok > cfg.n_experts:
         raise MythosLensError(
             f"n_experts_per_tok={cfg.n_experts_per_tok} > n_experts={cfg.n_experts}",
@@ -82,8 +105,39 @@ def check_config(cfg: MythosConfig) -> None:
             f"dim={cfg.dim} gives an odd loop-embedding width dim//8={cfg.dim // 8}",
             "dim // 8 even (upstream's loop_index_embedding needs it)",
         )
-    if cfg.prelude_layers < 0 or cfg.coda_layers < 0:
-        raise MythosLensError("negative prelude_layers/coda_layers", "counts >= 0")
+
+
+def check_n_loops(n_loops: Any, model: OpenMythos | None = None) -> int:
+    """A loop count: any integral scalar >= 1 (Python, numpy or 0-d tensor). ``None`` means the
+    model's ``max_loop_iters`` (what upstream does with ``n_loops=None``); upstream reads
+    ``n_loops or max_loop_iters``, so 0 must never reach it — it is refused here."""
+    if n_loops is None:
+        if model is None:
+            raise MythosLensError("n_loops=None without a model", "an integer >= 1")
+        return model.cfg.max_loop_iters
+    return check_int("n_loops", n_loops, 1)
+
+
+def check_device(device: Any) -> torch.device:
+    """A torch device that exists on this machine ('cpu', 'cuda', 'cuda:1', 'mps', ...)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MythosLensError(
+            f"device={device!r}", "a torch device such as 'cpu' or 'cuda'"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MythosLensError(f"device={device!r} but CUDA is not available here", "'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MythosLensError(
+                f"device={device!r}", f"a CUDA index < {torch.cuda.device_count()}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MythosLensError(f"device={device!r} but MPS is not available here", "'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise MythosLensError(f"device={device!r}", "'cpu', 'cuda' or 'mps'")
+    return dev
 
 
 def build_model(cfg: MythosConfig, seed: int = 0) -> OpenMythos:

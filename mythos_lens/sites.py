@@ -83,7 +83,13 @@ def resolve_sites(sites: str | list[str] | tuple[str, ...] | None) -> tuple[str,
     elif isinstance(sites, str):
         chosen = (sites,)
     else:
-        chosen = tuple(sites)
+        try:
+            chosen = tuple(sites)
+        except TypeError:
+            raise MythosLensError(
+                f"sites={sites!r} ({type(sites).__name__})",
+                "None, 'all', a site name or a list of site names",
+            ) from None
     for s in chosen:
         if not isinstance(s, str) or s not in ALL_SITES:
             raise MythosLensError(f"unknown site {s!r}", f"one of {list(ALL_SITES)}")

@@ -501,7 +501,8 @@ def run_lora_study(
 
     t0 = time.perf_counter()
     arm_of, seed_of = _arm_seed(paths)
-    with AtomicDir(out, overwrite) as tmp:
+    atomic = AtomicDir(out, overwrite)
+    with atomic as tmp:
         per_model = []
         for (arm, seed), p in sorted(paths.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             model = load_checkpoint(p)
@@ -545,7 +546,7 @@ def run_lora_study(
         }
         verdict["analysis_seconds"] = meta["seconds"]
         (tmp / "verdict.json").write_text(json.dumps(verdict, indent=1))
-        (tmp / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+        atomic.write_run(json.loads(json.dumps(meta, default=str)))
         summary = [f"<b>Verdict</b>: {verdict['overall']}"]
         summary += [f"{v['what']}: {v['estimate']} — {v['reading']}"
                     for v in verdict["lines"].values()]  # fmt: skip
@@ -601,7 +602,8 @@ def run_depth_study(
     from mythos_lens.checkpoint import load_checkpoint, load_task
 
     t0 = time.perf_counter()
-    with AtomicDir(out, overwrite) as tmp:
+    atomic = AtomicDir(out, overwrite)
+    with atomic as tmp:
         frames = []
         for ck in checkpoints:
             ck = Path(ck)
@@ -647,7 +649,7 @@ def run_depth_study(
                 "config": dataclasses.asdict(cfg),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
-        (tmp / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+        atomic.write_run(json.loads(json.dumps(meta, default=str)))
         html = build_report({"depth": depth}, meta, title="mythos-lens study: depth extrapolation",
                             plotlyjs=plotlyjs, summary=depth_statements(depth),
                             figures=figs)  # fmt: skip

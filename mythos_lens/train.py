@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 from mythos_lens.atomic import write_json_atomic
 from mythos_lens.checkpoint import save_checkpoint
-from mythos_lens.errors import MythosLensError
-from mythos_lens.model import build_model, tiny_config
+from mythos_lens.errors import MythosLensError, check_float, check_int
+from mythos_lens.model import build_model, check_device, check_n_loops, tiny_config
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
 from mythos_lens.tasks.registry import get_task
@@ -139,47 +139,49 @@ def preset_config(name: str, **overrides: Any) -> TrainConfig:
 
 
 def check_train_config(cfg: TrainConfig) -> None:
-    """Raise MythosLensError for a config that cannot train."""
+    """Raise MythosLensError for a config that cannot train (every field, with its bounds)."""
     ints = {"steps": 1, "batch": 1, "loops": 1, "eval_every": 1, "eval_examples": 1,
             "final_eval_examples": 1, "extrap_examples": 1, "early_stop_patience": 1,
-            "warmup_steps": 0, "curriculum_steps": 0, "seed": 0}  # fmt: skip
+            "warmup_steps": 0, "curriculum_steps": 0, "seed": 0, "eval_seed": 0}  # fmt: skip
     for name, lo in ints.items():
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise MythosLensError(f"{name}={v!r}", f"an integer >= {lo}")
-    if cfg.loops_min is not None and not (1 <= cfg.loops_min <= cfg.loops):
+        check_int(name, getattr(cfg, name), lo)
+    for name in ("loops_min", "max_loop_iters", "eval_loops", "threads"):
+        if getattr(cfg, name) is not None:
+            check_int(name, getattr(cfg, name), 1)
+    if cfg.loops_min is not None and cfg.loops_min > cfg.loops:
         raise MythosLensError(
             f"loops_min={cfg.loops_min} with loops={cfg.loops}", "1 <= loops_min <= loops"
         )
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise MythosLensError(f"lr={cfg.lr}", "a positive finite learning rate")
-    if cfg.weight_decay < 0 or cfg.grad_clip <= 0:
-        raise MythosLensError(
-            f"weight_decay={cfg.weight_decay}, grad_clip={cfg.grad_clip}",
-            "weight_decay >= 0, grad_clip > 0",
-        )
+    check_float("lr", cfg.lr, 0.0, lo_open=True)
+    check_float("grad_clip", cfg.grad_clip, 0.0, lo_open=True)
+    check_float("act_threshold", cfg.act_threshold, 0.0, lo_open=True)
+    check_float("rope_theta", cfg.rope_theta, 0.0, lo_open=True)
+    check_float("weight_decay", cfg.weight_decay, 0.0)
+    check_float("min_lr_ratio", cfg.min_lr_ratio, 0.0, 1.0)
+    check_float("curriculum_acc", cfg.curriculum_acc, 0.0, 1.0)
+    if cfg.early_stop_acc is not None:
+        check_float("early_stop_acc", cfg.early_stop_acc, 0.0, 1.0)
+    if cfg.embed_init_std is not None:
+        check_float("embed_init_std", cfg.embed_init_std, 0.0, lo_open=True)
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise MythosLensError(f"lr_schedule={cfg.lr_schedule!r}", "'constant' or 'cosine'")
     if cfg.dtype not in DTYPES:
         raise MythosLensError(f"dtype={cfg.dtype!r}", f"one of {sorted(DTYPES)}")
-    if cfg.embed_init_std is not None and not cfg.embed_init_std > 0:
-        raise MythosLensError(f"embed_init_std={cfg.embed_init_std}", "a positive std or None")
-    if cfg.extrap_loops is not None and (
-        not cfg.extrap_loops or any(not isinstance(x, int) or x < 1 for x in cfg.extrap_loops)
-    ):
-        raise MythosLensError(
-            f"extrap_loops={cfg.extrap_loops}", "a non-empty list of integers >= 1"
-        )
-    if cfg.threads is not None and cfg.threads < 1:
-        raise MythosLensError(f"threads={cfg.threads}", "a positive thread count or None")
-    try:
-        dev = torch.device(cfg.device)
-    except (RuntimeError, TypeError):
-        raise MythosLensError(
-            f"device={cfg.device!r}", "a torch device such as 'cpu' or 'cuda'"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MythosLensError(f"device={cfg.device!r} but CUDA is not available", "device='cpu'")
+    if not isinstance(cfg.name, str) or not cfg.name or "/" in cfg.name:
+        raise MythosLensError(f"name={cfg.name!r}", "a non-empty run name without '/'")
+    if not isinstance(cfg.task_params, dict):
+        raise MythosLensError(f"task_params={cfg.task_params!r}", "a JSON object of parameters")
+    if cfg.extrap_loops is not None:
+        if isinstance(cfg.extrap_loops, (str, bytes)) or not cfg.extrap_loops:
+            raise MythosLensError(
+                f"extrap_loops={cfg.extrap_loops!r}", "a non-empty list of integers >= 1"
+            )
+        for x in cfg.extrap_loops:
+            check_int("extrap_loops entry", x, 1)
+    for name in ("lora", "progress"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise MythosLensError(f"{name}={getattr(cfg, name)!r}", "true or false")
+    check_device(cfg.device)
 
 
 def model_config_for(cfg: TrainConfig, task: PointerTask):
@@ -215,6 +217,7 @@ def reinit_embedding(model: OpenMythos, std: float, seed: int) -> None:
 
 def _forward_last(model: OpenMythos, ids: torch.Tensor, n_loops: int, dtype: str) -> torch.Tensor:
     """Logits at the last position, ``[B, vocab]``, float32."""
+    n_loops = check_n_loops(n_loops)  # upstream reads `n_loops or max_loop_iters`: never pass 0
     if dtype == "bfloat16":
         with torch.autocast(ids.device.type, dtype=torch.bfloat16):
             return model(ids, n_loops=n_loops)[:, -1, :].float()
@@ -277,6 +280,9 @@ def depth_accuracy(
     """Held-out accuracy per (hop count, loop count): `per_cell` examples per hop count (one
     held-out set, deterministic from `seed`, reused for every loop count). Columns ``hops,
     n_loops, accuracy``."""
+    loops = [check_n_loops(n) for n in loops]
+    if not loops:
+        raise MythosLensError("no loop counts", "at least one loop count >= 1")
     batch = heldout_set(task, hops, per_cell, seed)
     rows = []
     for n in tqdm(

@@ -65,10 +65,3 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     if x.is_floating_point() and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise MythosLensError(f"{name} holds {bad} NaN/inf value(s)", "finite values")
-
-
-def check_positive_int(v: Any, name: str, minimum: int = 1) -> int:
-    """`v` as an int >= minimum, or MythosLensError."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise MythosLensError(f"{name}={v!r}", f"an integer >= {minimum}")
-    return int(v)

@@ -14,12 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mythos_lens.errors import MythosLensError
+from mythos_lens.errors import MythosLensError, check_int
 from probes._checks import (
     as_tensor,
     check_finite,
     check_ndim,
-    check_positive_int,
 )
 from probes._dist import kl
 
@@ -169,6 +168,7 @@ def rho_A(A: Any) -> float:
     check_ndim(a, 1, "A", "[d]")
     if a.numel() == 0:
         raise MythosLensError("A is empty", "[d] with d >= 1")
+    check_finite(a, "A")
     return float(a.abs().max())
 
 
@@ -196,7 +196,7 @@ def spectral_radius(
         raise MythosLensError(f"step is a {type(step).__name__}", "a callable h -> h_next")
     if not isinstance(h, torch.Tensor) or not h.is_floating_point():
         raise MythosLensError(f"h is a {type(h).__name__}", "a floating torch.Tensor")
-    n_iter = check_positive_int(n_iter, "n_iter", minimum=2)
+    n_iter = check_int("n_iter", n_iter, 2)
     h = h.detach()
     g = torch.Generator().manual_seed(seed)
     v0 = torch.randn(h.shape, generator=g, dtype=h.dtype).to(h.device)

@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mythos_lens.atomic import atomic_path, write_json_atomic
-from mythos_lens.errors import MythosLensError
-from probes._checks import as_int_tensor, as_tensor, check_finite, check_ndim, check_positive_int
+from mythos_lens.errors import MythosLensError, check_int
+from probes._checks import as_int_tensor, as_tensor, check_finite, check_ndim
 from probes._dist import entropy, kl, rank_of
 
 Readout = Callable[[torch.Tensor], torch.Tensor]
@@ -114,7 +114,7 @@ def lens_table(
     check_finite(lg, "lens_logits")
     check_finite(fin, "final_logits")
     L, B, P, V = lg.shape
-    k = check_positive_int(k, "k")
+    k = check_int("k", k, 1)
     if k > V:
         raise MythosLensError(f"k={k} top tokens from a vocabulary of {V}", "k <= vocab")
 
@@ -190,8 +190,8 @@ class TunedLens(torch.nn.Module):
 
     def __init__(self, n_loops: int, d: int) -> None:
         super().__init__()
-        self.n_loops = check_positive_int(n_loops, "n_loops")
-        self.d = check_positive_int(d, "d")
+        self.n_loops = check_int("n_loops", n_loops, 1)
+        self.d = check_int("d", d, 1)
         self.A = torch.nn.Parameter(torch.zeros(n_loops, d, d))
         self.b = torch.nn.Parameter(torch.zeros(n_loops, d))
         self.meta: dict[str, Any] = {}
@@ -293,8 +293,8 @@ def fit_tuned_lens(
             "the same [batch, pos]",
         )
     check_finite(h, "states")
-    steps = check_positive_int(steps, "steps")
-    batch_tokens = check_positive_int(batch_tokens, "batch_tokens")
+    steps = check_int("steps", steps, 1)
+    batch_tokens = check_int("batch_tokens", batch_tokens, 1)
     L, B, P, d = h.shape
     flat_h = h.reshape(L, B * P, d)
     flat_f = fin.reshape(B * P, -1)

@@ -31,8 +31,8 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mythos_lens.errors import MythosLensError
-from probes._checks import as_int_tensor, as_tensor, check_ndim, check_positive_int
+from mythos_lens.errors import MythosLensError, check_int
+from probes._checks import as_int_tensor, as_tensor, check_ndim
 
 Channels = slice | Sequence[int] | np.ndarray | None
 FOLD_METRICS = ("task_acc", "control_acc", "majority_acc", "selectivity")
@@ -40,7 +40,7 @@ FOLD_METRICS = ("task_acc", "control_acc", "majority_acc", "selectivity")
 
 def loop_channels(d: int) -> slice:
     """The channels that carry upstream's loop-index embedding: ``slice(0, d // 8)``."""
-    return slice(0, check_positive_int(d, "d") // 8)
+    return slice(0, check_int("d", d, 1) // 8)
 
 
 def _keep_columns(d: int, drop: Channels) -> np.ndarray:
@@ -132,7 +132,7 @@ def probe(
         raise MythosLensError(f"X {len(X)} rows, y {len(y)}, groups {len(g)}", "one per token")
     if not np.isfinite(X).all():
         raise MythosLensError("X holds NaN/inf", "finite features")
-    n_splits = check_positive_int(n_splits, "n_splits", minimum=2)
+    n_splits = check_int("n_splits", n_splits, 2)
     X = X[:, _keep_columns(X.shape[1], drop_channels)]
     keep = y >= 0
     tt = None

@@ -67,6 +67,8 @@ def lora_delta_ratio(lora_delta: Any, block_out: Any) -> pd.DataFrame:
     bo = as_tensor(block_out, "block_out")
     check_ndim(dl, 4, "lora_delta", "[loop, batch, pos, d]")
     check_same_shape(dl, bo, "lora_delta", "block_out")
+    check_finite(dl, "lora_delta")
+    check_finite(bo, "block_out")
     rows = []
     for t in range(dl.shape[0]):
         num, den = dl[t].norm(), bo[t].norm()

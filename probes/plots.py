@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from mythos_lens.errors import MythosLensError
-from probes._checks import as_tensor, check_ndim, check_positive_int
+from mythos_lens.errors import MythosLensError, check_int
+from probes._checks import as_tensor, check_ndim
 
 
 def _need(df: Any, cols: list[str], what: str) -> pd.DataFrame:
@@ -157,7 +157,7 @@ def pca_orbit_table(h: Any, n_components: int = 2, positions: Any = None) -> pd.
     x = as_tensor(h, "h")
     check_ndim(x, 4, "h", "[loop, batch, pos, d]")
     L, B, P, d = x.shape
-    k = check_positive_int(n_components, "n_components")
+    k = check_int("n_components", n_components, 1)
     if k > min(L * B * P, d):
         raise MythosLensError(f"n_components={k}", f"<= min(rows={L * B * P}, d={d})")
     X = x.reshape(-1, d).numpy()
@@ -275,12 +275,16 @@ def convergence_curves(
 ) -> go.Figure:
     """Per loop median over tokens, with 25–75 % quantiles as error bars, of each metric of a
     long ``loop, metric, value`` table (``step_table``, ``lens_kl_table``). One trace per metric,
-    named after it; NaN values are ignored."""
+    named after it; NaN values are ignored. Without `metrics`, a metric with no finite value
+    (e.g. ``cos_prev_step`` when only one loop ran) is left out; a requested one raises."""
     _need(df, ["loop", "metric", "value"], "convergence_curves")
+    requested = metrics is not None
     metrics = metrics or list(dict.fromkeys(df["metric"]))
     fig = go.Figure()
     for m in metrics:
         sub = df[(df["metric"] == m) & df["value"].notna()]
+        if sub.empty and not requested:
+            continue
         if sub.empty:
             raise MythosLensError(
                 f"convergence_curves: no values for {m!r}", "a metric in the table"
@@ -300,5 +304,7 @@ def convergence_curves(
                 },
             )
         )
+    if not fig.data:
+        raise MythosLensError("convergence_curves: no finite value in the table", "some values")
     fig.update_layout(title=title or "convergence per loop (median, IQR)", xaxis_title="loop")
     return fig

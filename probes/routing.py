@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mythos_lens.errors import MythosLensError
-from probes._checks import as_int_tensor, as_tensor, check_ndim, check_positive_int
+from mythos_lens.errors import MythosLensError, check_int
+from probes._checks import as_int_tensor, as_tensor, check_ndim
 
 
 def _check_ids(expert_ids: Any, n_experts: Any) -> tuple[torch.Tensor, int]:
     ids = as_int_tensor(expert_ids, "expert_ids")
     check_ndim(ids, 4, "expert_ids", "[loop, batch, pos, k]")
-    E = check_positive_int(n_experts, "n_experts")
+    E = check_int("n_experts", n_experts, 1)
     k = ids.shape[-1]
     if k < 1 or k > E:
         raise MythosLensError(f"k={k} experts per token with n_experts={E}", "1 <= k <= n_experts")
@@ -48,8 +48,8 @@ def random_overlap_baseline(k: int, n_experts: int) -> dict[str, float]:
 
     The intersection size is hypergeometric: P(i) = C(k,i) C(E-k,k-i) / C(E,k).
     """
-    E = check_positive_int(n_experts, "n_experts")
-    k = check_positive_int(k, "k")
+    E = check_int("n_experts", n_experts, 1)
+    k = check_int("k", k, 1)
     if k > E:
         raise MythosLensError(f"k={k} > n_experts={E}", "k <= n_experts")
     total = comb(E, k)

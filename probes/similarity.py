@@ -31,8 +31,8 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 
-from mythos_lens.errors import MythosLensError
-from probes._checks import as_tensor, check_finite, check_ndim, check_positive_int
+from mythos_lens.errors import MythosLensError, check_int
+from probes._checks import as_tensor, check_finite, check_ndim
 
 Kind = Literal["biased", "debiased", "minibatch"]
 KINDS = ("biased", "debiased", "minibatch")
@@ -47,13 +47,13 @@ def _as_float(x: Any, name: str) -> torch.Tensor:
 def _flatten_loops(x: Any, name: str) -> torch.Tensor:
     """``[loop, batch, pos, d]`` or ``[loop, n, d]`` -> ``[loop, n, d]``."""
     x = _as_float(x, name)
-    if x.dim() == 4:
+    if x.dim() == 4 and x.numel() > 0:
         x = x.reshape(x.shape[0], -1, x.shape[-1])
     if x.dim() != 3:
         raise MythosLensError(
             f"{name} has shape {tuple(x.shape)}", "[loop, batch, pos, d] or [loop, n, d]"
         )
-    if x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] < 1:
+    if x.numel() == 0:
         raise MythosLensError(f"{name} has shape {tuple(x.shape)}", "no empty axis")
     return x
 
@@ -71,8 +71,8 @@ class StreamingCKA:
     """
 
     def __init__(self, n_loops: int, d: int, kind: Kind = "debiased") -> None:
-        self.n_loops = check_positive_int(n_loops, "n_loops")
-        self.d = check_positive_int(d, "d")
+        self.n_loops = check_int("n_loops", n_loops, 1)
+        self.d = check_int("d", d, 1)
         if kind not in KINDS:
             raise MythosLensError(f"kind={kind!r}", f"one of {KINDS}")
         self.kind = kind
@@ -212,7 +212,7 @@ def cka_matrix(
     Returns a float64 ``[loop, loop]`` tensor.
     """
     x = _flatten_loops(x, "x")
-    batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = check_int("batch_size", batch_size, 1)
     L, n, d = x.shape
     acc = StreamingCKA(L, d, kind)
     if kind == "minibatch" and seed is not None:

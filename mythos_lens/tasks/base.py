@@ -82,13 +82,3 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise MythosLensError(f"split {split!r}", f"one of {list(SPLITS)}")
     return split
-
-
-def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
-    """Return `value` if it is an int in ``[lo, hi]``, else raise MythosLensError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise MythosLensError(f"{name}={value!r} ({type(value).__name__})", "an integer")
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise MythosLensError(f"{name}={value}", f"an integer {bound}")
-    return int(value)

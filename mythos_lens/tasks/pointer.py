@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mythos_lens.errors import MythosLensError
-from mythos_lens.tasks.base import TaskBatch, check_int, check_split, sequence_split
+from mythos_lens.errors import MythosLensError, check_int
+from mythos_lens.tasks.base import TaskBatch, check_split, sequence_split
 
 PAD = 0
 

@@ -188,6 +188,16 @@ def test_loops_page(app, checkpoint_root):
     assert (jac["spectral_norm"] >= jac["spectral_radius"] - 1e-6).all()
 
 
+def test_loops_page_at_one_loop_keeps_act_and_rho(app):
+    app.sidebar.number_input(key="n_loops").set_value(1).run()
+    app.switch_page("views/loops.py").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    steps = figure(app, "Step of the carried state")
+    assert {t["name"] for t in steps["data"]} == {"rel_step"}  # cos_prev_step needs 2 loops
+    assert z(figure(app, "Cumulative halting probability")).shape[0] == 1
+    assert any(m.label.startswith("ρ(A)") for m in app.metric)
+
+
 def test_lora_page_ablation(app, checkpoint_root):
     model, batch, tr = reference(checkpoint_root)
     app.switch_page("views/lora.py").run()
@@ -260,7 +270,8 @@ def test_typed_ids(app, checkpoint_root):
     ("text", "message"),
     [
         ("1 2 999", "token id 999 is outside the vocabulary"),
-        ("1 2 -1", "outside the vocabulary"),
+        ("1 2 -1", "'-1' on line 1 is not a token id"),
+        ("1 2 " + "9" * 30, "is too large"),
         ("1 x 3", "'x' on line 1 is not a token id"),
         ("1 2 3\n1 2", "equal-length lines"),
         (" ".join(["1"] * 40), "max_seq_len"),
@@ -282,7 +293,8 @@ def test_impossible_loop_count_shows_an_error(app):
     assert not app.error and len(figure(app, "logit lens")["data"][0]["y"]) == 2
 
 
-def test_bad_upload_shows_an_error(app, checkpoint_root):
+def test_bad_upload_shows_an_error(app, checkpoint_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MYTHOS_LENS_UPLOADS", str(tmp_path / "uploads"))
     good = checkpoint_root / "pointer-lora-on"
     app.sidebar.file_uploader(key="up_weights").upload("model.safetensors", b"not safetensors")
     app.sidebar.file_uploader(key="up_config").upload(
@@ -297,6 +309,7 @@ def test_bad_upload_shows_an_error(app, checkpoint_root):
     )
     app.run()
     assert any("not valid JSON" in e.value for e in app.error), [e.value for e in app.error]
+    assert list((tmp_path / "uploads").iterdir()) == []  # rejected uploads leave nothing behind
 
 
 def test_good_upload_becomes_the_checkpoint(app, checkpoint_root):
