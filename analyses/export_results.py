@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mythos_lens.study import study_figures
+from mythos_lens.studies.figures import study_figures
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

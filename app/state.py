@@ -20,7 +20,7 @@ import streamlit as st
 import torch
 from open_mythos.main import OpenMythos
 
-from mythos_lens.capture import capture, parse_token_ids
+from mythos_lens.capture import capture
 from mythos_lens.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -30,6 +30,7 @@ from mythos_lens.checkpoint import (
     read_config,
 )
 from mythos_lens.errors import MythosLensError
+from mythos_lens.inputs import parse_token_ids
 from mythos_lens.interventions import AblateLora
 from mythos_lens.readouts import coda_lens, logit_lens, loop_step
 from mythos_lens.tasks.base import TaskBatch

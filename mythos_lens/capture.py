@@ -13,48 +13,23 @@ import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from open_mythos.main import OpenMythos
 
 from mythos_lens.errors import MythosLensError
+from mythos_lens.events import SiteEvent, Visitor, check_loops_reached
+from mythos_lens.inputs import as_input_ids, check_positions, check_store_dtype
 from mythos_lens.model import (
     check_finite_weights,
     check_n_loops,
     config_to_dict,
-    model_device_dtype,
     require_openmythos,
 )
-from mythos_lens.sites import LAYER_SITES, LOOP_SITES, STREAM_SITES, resolve_sites
+from mythos_lens.sites import LAYER_SITES, LOOP_SITES, resolve_sites
 from mythos_lens.trace import LazyStack, Trace
-
-
-@dataclass
-class SiteEvent:
-    """What a visitor is told about one site value.
-
-    ``loop`` is the loop step (``None`` for stream sites), ``layer`` the prelude/coda layer index
-    (``None`` otherwise); ``model`` is the OpenMythos being run, ``inputs`` the module's inputs.
-    """
-
-    site: str
-    loop: int | None
-    layer: int | None
-    model: OpenMythos
-    inputs: tuple = ()
-
-
-class Visitor(Protocol):
-    """Anything called at each site event; returns a replacement value or ``None``.
-
-    A visitor aimed at particular loop steps (an intervention) may also expose
-    ``target_loops: frozenset[int] | None``; :func:`run` then refuses a run in which any of those
-    loops does not happen, so a typo or an early ACT exit cannot pass for a null result.
-    """
-
-    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None: ...
 
 
 @dataclass
@@ -275,136 +250,6 @@ class CaptureVisitor:
 
 
 _TOKEN_ID = re.compile(r"[0-9]+")
-_MAX_ID = 2**63 - 1
-
-
-def parse_token_ids(text: str) -> list[list[int]]:
-    """Token ids written as text: one sequence per line, ids (ASCII digits) separated by spaces
-    or commas.
-
-    Raises MythosLensError for anything else: a non-integer or negative id, one too large for
-    int64, an empty input or lines of different lengths (vocabulary and length limits are
-    checked against a model by :func:`as_input_ids`)."""
-    if not isinstance(text, str):
-        raise MythosLensError(f"token ids given as a {type(text).__name__}", "text")
-    rows = []
-    for n, line in enumerate(text.strip().splitlines(), 1):
-        parts = line.replace(",", " ").split()
-        if not parts:
-            continue
-        row = []
-        for p in parts:
-            if not _TOKEN_ID.fullmatch(p):
-                raise MythosLensError(
-                    f"{p[:40]!r} on line {n} is not a token id", "non-negative integers"
-                )
-            if len(p) > 19 or int(p) > _MAX_ID:
-                raise MythosLensError(f"token id {p[:40]} on line {n} is too large", "an int64")
-            row.append(int(p))
-        rows.append(row)
-    if not rows:
-        raise MythosLensError("no token ids", "at least one id, e.g. '1 9 2 12'")
-    if len({len(r) for r in rows}) > 1:
-        raise MythosLensError(
-            f"sequences of lengths {sorted({len(r) for r in rows})}", "equal-length lines"
-        )
-    return rows
-
-
-def as_input_ids(input_ids: Any, model: OpenMythos) -> torch.Tensor:
-    """Validate token ids and return them as ``[batch, seq]`` int64 on the model's device.
-
-    Accepts a tensor, numpy array or nested list, ``[seq]`` or ``[batch, seq]``.
-    """
-    if not isinstance(input_ids, torch.Tensor):
-        try:
-            input_ids = torch.as_tensor(input_ids)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise MythosLensError(
-                f"input_ids could not be read as a tensor ({exc})", "integer token ids"
-            ) from None
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise MythosLensError(f"input_ids have dtype {input_ids.dtype}", "integer token ids")
-    if input_ids.dim() == 1:
-        input_ids = input_ids.unsqueeze(0)
-    if input_ids.dim() != 2 or input_ids.numel() == 0:
-        raise MythosLensError(
-            f"input_ids have shape {tuple(input_ids.shape)}", "a non-empty [batch, seq] or [seq]"
-        )
-    cfg = model.cfg
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= cfg.vocab_size:
-        bad = lo if lo < 0 else hi
-        raise MythosLensError(
-            f"token id {bad} is outside the vocabulary", f"ids in [0, {cfg.vocab_size - 1}]"
-        )
-    if input_ids.shape[1] > cfg.max_seq_len:
-        raise MythosLensError(
-            f"sequence length {input_ids.shape[1]} exceeds max_seq_len",
-            f"at most {cfg.max_seq_len} tokens",
-        )
-    device, _ = model_device_dtype(model)
-    return input_ids.to(device=device, dtype=torch.long)
-
-
-def _positions(positions: Any, seq: int) -> torch.Tensor | None:
-    if positions is None:
-        return None
-    try:
-        pos = torch.as_tensor(positions)
-    except (TypeError, ValueError, RuntimeError):
-        raise MythosLensError(f"positions={positions!r}", "a list of integer positions") from None
-    if pos.is_floating_point() or pos.is_complex() or pos.dtype == torch.bool:
-        raise MythosLensError(f"positions of dtype {pos.dtype} ({positions!r})", "integers")
-    pos = pos.reshape(-1).to(torch.long)
-    if pos.numel() == 0 or int(pos.min()) < -seq or int(pos.max()) >= seq:
-        raise MythosLensError(
-            f"positions {pos.tolist()} for a sequence of {seq}", f"indices in [-{seq}, {seq - 1}]"
-        )
-    return torch.remainder(pos, seq)
-
-
-def _store_dtype(dtype: Any) -> torch.dtype | None:
-    """Captured activations may be stored in another floating dtype, never an integer one
-    (int8 or bool would silently destroy them)."""
-    if dtype is None:
-        return None
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise MythosLensError(
-            f"store_dtype={dtype!r}", "None or a floating torch dtype (float32, bfloat16, ...)"
-        )
-    return dtype
-
-
-def target_loops(visitors: Sequence[Visitor]) -> list[tuple[Visitor, int]]:
-    """(visitor, loop) for every loop step a visitor declares it must reach (``target_loops``)."""
-    out = []
-    for v in visitors:
-        loops = getattr(v, "target_loops", None)
-        out += [(v, t) for t in sorted(loops or ())]
-    return out
-
-
-def check_loops_reached(
-    visitors: Sequence[Visitor], loops_run: int, requested: int, stopped_early: bool
-) -> None:
-    """Raise when an intervention targets a loop step that did not run (``loops_run`` ran of
-    ``requested``): that would otherwise look like a null result."""
-    missing = [(v, t) for v, t in target_loops(visitors) if t >= loops_run]
-    if not missing:
-        return
-    v, t = missing[0]
-    ran = f"loops 0-{loops_run - 1}" if loops_run > 1 else "loop 0"
-    if t >= requested:
-        raise MythosLensError(
-            f"{v!r} targets loop {t} but the run has n_loops={requested} ({ran})",
-            f"loops in [0, {requested - 1}], or n_loops > {t}",
-        )
-    how = " (ACT stopped early)" if stopped_early else ""
-    raise MythosLensError(
-        f"{v!r} targets loop {t} but only {loops_run} of {requested} loops ran{how}",
-        "a loop that runs: pass run_all_loops=True to run every requested loop",
-    )
 
 
 def _model_params(model: OpenMythos) -> dict[str, torch.Tensor]:
@@ -478,9 +323,9 @@ def capture(
     model = require_openmythos(model)
     chosen = resolve_sites(sites)
     ids = as_input_ids(input_ids, model)
-    pos = _positions(positions, ids.shape[1])
+    pos = check_positions(positions, ids.shape[1])
     n_req = check_n_loops(n_loops, model)
-    keeper = CaptureVisitor(chosen, pos, store_device, _store_dtype(store_dtype))
+    keeper = CaptureVisitor(chosen, pos, store_device, check_store_dtype(store_dtype))
     _, loops_run = run(
         model,
         ids,
@@ -514,14 +359,4 @@ def capture(
     )
 
 
-__all__ = [
-    "SiteEvent",
-    "Visitor",
-    "LoopSession",
-    "CaptureVisitor",
-    "capture",
-    "run",
-    "as_input_ids",
-    "check_loops_reached",
-    "STREAM_SITES",
-]
+__all__ = ["LoopSession", "CaptureVisitor", "capture", "run"]

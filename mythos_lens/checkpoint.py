@@ -26,6 +26,8 @@ from mythos_lens.model import (
     check_finite_weights,
     config_from_dict,
     config_to_dict,
+    model_bytes,
+    model_skeleton,
     require_openmythos,
 )
 
@@ -115,19 +117,10 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 def _expected_tensors(cfg: MythosConfig) -> tuple[dict[str, tuple[int, ...]], int]:
     """Names and shapes of the tensors a checkpoint of `cfg` stores, and the bytes the float32
-    model (parameters and derived buffers) will take — computed on the meta device, so nothing
-    is allocated."""
-    try:
-        with torch.device("meta"):
-            skeleton = OpenMythos(cfg)
-    except (RuntimeError, ValueError, OverflowError) as exc:
-        raise MythosLensError(
-            f"config cannot be built ({exc})", "a buildable MythosConfig"
-        ) from None
+    model will take (:func:`~mythos_lens.model.model_skeleton`: nothing is allocated)."""
+    skeleton = model_skeleton(cfg)
     shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if k not in DERIVED_KEYS}
-    n_bytes = sum(t.numel() * t.element_size() for t in (*skeleton.parameters(),
-                                                            *skeleton.buffers()))  # fmt: skip
-    return shapes, n_bytes
+    return shapes, model_bytes(cfg)
 
 
 def memory_limit_bytes() -> int:

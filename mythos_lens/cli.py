@@ -1,8 +1,10 @@
-"""``mythos-lens`` command line.
+"""mythos-lens: per-loop capture, instruments, analyses and studies of looped transformers.
 
-Each subcommand is one ``add_<name>_command(subparsers)`` function that adds its parser and sets
-``handler`` (a function ``(args) -> int``) with ``set_defaults``. To add a subcommand, write such a
-function and append it to ``COMMANDS``.
+This is the only module that knows argparse, and no module imports it. Each subcommand is one ``add_<name>_command(subparsers)`` function that adds its parser and sets
+``handler`` (a function ``(args) -> int``) with ``set_defaults``. Handlers import what they need
+when they run, so ``mythos-lens --help`` does not pay for torch. Bad input raises
+:class:`~mythos_lens.errors.MythosLensError`, printed as one line (``mythos-lens: error: …``) with
+exit status 2.
 """
 
 from __future__ import annotations
@@ -10,31 +12,86 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from mythos_lens.analyze import add_analyze_command
-from mythos_lens.demo import add_demo_command
-from mythos_lens.errors import MythosLensError
-from mythos_lens.study import add_study_command
+from mythos_lens.errors import MythosLensError, check_int
 
-# --------------------------------------------------------------------------------------- tasks
+# A range like 1-1000000000 must not become a billion-element list.
+MAX_LIST = 100_000
+
+# --------------------------------------------------------------------------- shared parsing
 
 
-def parse_ints(text: str | None) -> list[int] | None:
-    """Integers from the command line (hops, loops, seeds): ``"3"`` -> [3]; ``"1-6"`` ->
-    [1 … 6]; ``"1,2,5"`` -> [1, 2, 5]; ``None`` -> ``None``."""
+def parse_ints(text: str | None, what: str = "integers") -> list[int] | None:
+    """Integers from the command line: ``"3"`` -> [3]; ``"1-6"`` -> [1 … 6]; ``"1,2,5"`` ->
+    [1, 2, 5]; ``None`` -> ``None``. `what` names the option in the error message."""
     if text is None:
         return None
+    expected = "an int, a range like 1-6, or a list like 1,2,5"
     try:
-        if "-" in text:
+        if "-" in text.strip().lstrip("-"):
             lo, hi = (int(x) for x in text.split("-", 1))
-            return list(range(lo, hi + 1))
-        return [int(x) for x in text.split(",")]
+            values = None
+        else:
+            values = [int(x) for x in text.split(",")]
     except ValueError:
+        raise MythosLensError(f"{what} {text!r}", expected) from None
+    if values is None:
+        if hi < lo or hi - lo >= MAX_LIST:
+            raise MythosLensError(
+                f"{what} {text!r}", f"a range lo-hi with lo <= hi, at most {MAX_LIST} values"
+            )
+        return list(range(lo, hi + 1))
+    if len(values) > MAX_LIST:
+        raise MythosLensError(f"{what}: {len(values)} values", f"at most {MAX_LIST}")
+    return values
+
+
+def parse_json_object(text: str | None, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``{}`` when `text` is None)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise MythosLensError(
-            f"hops {text!r}", "an int, a range like 1-6, or a list like 1,2,5"
+            f"{option} {text!r} is not valid JSON ({exc})", "a JSON object"
         ) from None
+    if not isinstance(value, dict):
+        raise MythosLensError(f"{option} {text!r}", "a JSON object, e.g. '{\"n_entities\": 6}'")
+    return value
+
+
+def _use_threads(n: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(check_int("--threads", n, 1) if n is not None else 1)
+
+
+# ---------------------------------------------------------------------------------- demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mythos_lens.demo import run_demo
+
+    return run_demo(args.checkpoint, args.loops, args.hops, args.seed)
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    """``mythos-lens demo [--checkpoint DIR] [--loops N]``."""
+    p = sub.add_parser("demo", help="capture every loop of a model and print a per-loop summary")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint directory (default data/checkpoints/pointer-lora-on if shipped)")  # fmt: skip
+    p.add_argument("--loops", type=int, default=None, help="loops to run (may exceed training)")
+    p.add_argument("--hops", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_demo)
+
+
+# --------------------------------------------------------------------------------- tasks
 
 
 def _tasks_list(args: argparse.Namespace) -> int:
@@ -49,15 +106,12 @@ def _tasks_list(args: argparse.Namespace) -> int:
 def _task_from_args(args: argparse.Namespace):
     from mythos_lens.tasks.registry import get_task
 
-    params = json.loads(args.params) if args.params else {}
-    if not isinstance(params, dict):
-        raise MythosLensError(f"--params {args.params!r}", "a JSON object")
-    return get_task(args.task, **params)
+    return get_task(args.task, **parse_json_object(args.params, "--params"))
 
 
 def _tasks_show(args: argparse.Namespace) -> int:
     task = _task_from_args(args)
-    hops = parse_ints(args.hops)
+    hops = parse_ints(args.hops, "--hops")
     batch = task.generate(args.n, args.split, args.seed, hops=hops)
     print(json.dumps(task.spec()["layout"], indent=None))
     for i in range(len(batch)):
@@ -71,7 +125,7 @@ def _tasks_generate(args: argparse.Namespace) -> int:
     from mythos_lens.tasks.io import save_dataset
 
     task = _task_from_args(args)
-    hops = parse_ints(args.hops)
+    hops = parse_ints(args.hops, "--hops")
     batch = task.generate(args.n, args.split, args.seed, hops=hops)
     info = {"split": args.split, "seed": args.seed, "hops_requested": hops}
     path, sidecar = save_dataset(batch, task, args.out, info)
@@ -90,9 +144,8 @@ def add_tasks_command(sub: argparse._SubParsersAction) -> None:
     ):
         q = tsub.add_parser(name, help=help_)
         q.add_argument("--task", default="pointer")
-        q.add_argument(
-            "--params", default=None, help='task parameters as JSON, e.g. {"n_entities": 6}'
-        )
+        q.add_argument("--params", default=None,
+                       help='task parameters as JSON, e.g. {"n_entities": 6}')  # fmt: skip
         q.add_argument("--split", default="heldout", choices=["train", "heldout"])
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--hops", default=None, help="hop counts: 3, 1-6 or 1,2,5 (default 1 … K)")
@@ -102,32 +155,22 @@ def add_tasks_command(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(handler=handler)
 
 
-# --------------------------------------------------------------------------------------- train
+# --------------------------------------------------------------------------------- train
+
+_TRAIN_FLAGS = ("seed", "steps", "lr", "batch", "threads", "device", "dtype", "loops", "loops_min")
 
 
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mythos_lens.train import PRESETS, TrainConfig, preset_config, train
+    from mythos_lens.train import PRESETS, TrainConfig, check_train_config, preset_config, train
 
-    overrides = json.loads(args.set) if args.set else {}
-    if not isinstance(overrides, dict):
-        raise MythosLensError(f"--set {args.set!r}", "a JSON object of TrainConfig fields")
+    overrides = parse_json_object(args.set, "--set")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise MythosLensError(f"unknown TrainConfig field(s) {unknown}", f"some of {sorted(known)}")
-    for flag in (
-        "seed",
-        "steps",
-        "lr",
-        "batch",
-        "threads",
-        "device",
-        "dtype",
-        "loops",
-        "loops_min",
-    ):
+    for flag in _TRAIN_FLAGS:
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = value
@@ -135,11 +178,9 @@ def _train(args: argparse.Namespace) -> int:
         overrides["lora"] = args.lora == "on"
     if args.no_progress:
         overrides["progress"] = False
-    if args.preset:
-        cfg = preset_config(args.preset, **overrides)
-    else:
-        cfg = TrainConfig(**overrides)
+    cfg = preset_config(args.preset, **overrides) if args.preset else TrainConfig(**overrides)
     cfg.out_dir = args.out or str(Path(args.checkpoints) / cfg.name)
+    check_train_config(cfg)  # before announcing anything
     if args.preset is None and not overrides:
         print(f"no --preset or options given; training defaults. Presets: {sorted(PRESETS)}")
     result = train(cfg)
@@ -154,17 +195,15 @@ def _train(args: argparse.Namespace) -> int:
 def add_train_command(sub: argparse._SubParsersAction) -> None:
     """``mythos-lens train --preset NAME [options]``."""
     p = sub.add_parser("train", help="train an upstream OpenMythos on a ground-truth task")
-    p.add_argument(
-        "--preset", default=None, help="named recipe, e.g. pointer-lora-on, pointer-lora-off"
-    )
+    p.add_argument("--preset", default=None,
+                   help="named recipe, e.g. pointer-lora-on, pointer-lora-off")  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--loops", type=int, default=None, help="loop count (the maximum if sampled)")
-    p.add_argument(
-        "--loops-min", type=int, default=None, help="sample loops per batch from [this, loops]"
-    )
+    p.add_argument("--loops-min", type=int, default=None,
+                   help="sample loops per batch from [this, loops]")  # fmt: skip
     p.add_argument("--lora", choices=["on", "off"], default=None)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--device", default=None)
@@ -176,7 +215,160 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_train)
 
 
-# ------------------------------------------------------------------------------------- main
+# ------------------------------------------------------------------- analyze and study
+
+
+def analysis_config(args: argparse.Namespace):
+    """:class:`~mythos_lens.analysis.config.AnalyzeConfig` from the shared ``analyze`` /
+    ``study`` options (validated there, before any work)."""
+    from mythos_lens.analysis.config import AnalyzeConfig
+
+    return AnalyzeConfig(
+        n_examples=args.n, batch_size=args.batch_size, n_loops=args.loops,
+        hops=parse_ints(args.hops, "--hops"), seed=args.seed,
+        probe_examples=args.probe_examples,
+        depth_loops=parse_ints(args.depth_loops, "--depth-loops"),
+        depth_examples=args.depth_examples, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def add_analysis_options(p: argparse.ArgumentParser, n_default: int = 512) -> None:
+    """Options shared by ``analyze`` and ``study``."""
+    p.add_argument("-n", type=int, default=n_default, help="held-out examples per checkpoint")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--loops", type=int, default=None, help="loops (default max_loop_iters)")
+    p.add_argument("--hops", default=None, help="hop counts of the examples, e.g. 1-3")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-examples", type=int, default=768,
+                   help="sequences kept for probes (memory cap)")  # fmt: skip
+    p.add_argument("--depth-loops", default=None, help="loop counts of the depth table, e.g. 1-12")
+    p.add_argument("--depth-examples", type=int, default=128, help="examples per depth cell")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output dir (only one mythos-lens wrote)")  # fmt: skip
+    p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
+                   help="inline: report opens offline (+4.6 MB); cdn: small file")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    cfg = analysis_config(args)
+    from mythos_lens.analysis.run import analyze
+
+    _use_threads(args.threads)  # small models on shared cores: 1 is fastest
+    t0 = time.perf_counter()
+    out = analyze(args.checkpoints, args.out, cfg, ids_file=args.ids, overwrite=args.overwrite,
+                  plotlyjs=args.plotlyjs)  # fmt: skip
+    meta = json.loads((out / "run.json").read_text())
+    print(f"wrote {out} ({time.perf_counter() - t0:.1f} s, peak RSS {meta['peak_rss_mb']} MB)")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def add_analyze_command(sub: argparse._SubParsersAction) -> None:
+    """``mythos-lens analyze CHECKPOINT... --out DIR``."""
+    p = sub.add_parser("analyze", help="run every instrument over many inputs: tables + report")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint directories")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--ids", default=None,
+                   help="inputs: dataset .safetensors or text file of token ids (default: task)")  # fmt: skip
+    add_analysis_options(p)
+    p.set_defaults(handler=_analyze)
+
+
+def _study(args: argparse.Namespace) -> int:
+    from mythos_lens.atomic import check_output_dir
+
+    cfg = analysis_config(args)
+    seeds = parse_ints(args.seeds, "--seeds") if args.study == "lora" else None
+    check_output_dir(args.out, args.overwrite)  # before hours of training, not after
+    from mythos_lens.analysis.run import peak_rss_mb
+
+    _use_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.study == "depth":
+        from mythos_lens.studies.depth import run_depth_study
+
+        cks = args.checkpoints or [str(p) for p in sorted(Path(args.dir).glob("*"))
+                                   if (p / "model.safetensors").is_file()]  # fmt: skip
+        if not cks:
+            raise MythosLensError(f"no checkpoint under {args.dir}", "checkpoint directories")
+        out = run_depth_study(cks, args.out, cfg, overwrite=args.overwrite,
+                              plotlyjs=args.plotlyjs)  # fmt: skip
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f} s, peak RSS {peak_rss_mb():.0f} MB")
+        return 0
+    from mythos_lens.studies.lora import run_lora_study
+    from mythos_lens.studies.models import reuse_models, train_study_models
+
+    if args.dir is None:
+        args.dir = "data/checkpoints" if args.reuse else "runs/study/checkpoints"
+    if args.reuse:
+        paths = reuse_models(args.dir, seeds)
+    else:
+        paths = train_study_models(
+            seeds or [0, 1, 2], args.dir, jobs=check_int("--jobs", args.jobs, 1)
+        )
+    train_s = time.perf_counter() - t0
+    out = run_lora_study(paths, args.out, cfg, overwrite=args.overwrite, plotlyjs=args.plotlyjs,
+                         extra_meta={"train_wall_seconds": round(train_s, 1),
+                                     "reuse": bool(args.reuse)})  # fmt: skip
+    verdict = json.loads((out / "verdict.json").read_text())
+    print(f"verdict ({verdict['n_seed_pairs']} seed pair(s)): {verdict['overall']}")
+    for v in verdict["lines"].values():
+        print(f"  {v['what']}: {v['estimate']} — {v['reading']}")
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s (training {train_s:.1f} s), "
+          f"peak RSS {peak_rss_mb():.0f} MB")  # fmt: skip
+    return 0
+
+
+def add_study_command(sub: argparse._SubParsersAction) -> None:
+    """``mythos-lens study lora|depth``."""
+    p = sub.add_parser("study", help="flagship studies: LoRA differentiation, depth extrapolation")
+    ssub = p.add_subparsers(dest="study", required=True)
+    q = ssub.add_parser("lora", help="LoRA-on vs LoRA-off across seeds, with 95 %% intervals")
+    q.add_argument("--out", required=True, help="output directory (written atomically)")
+    q.add_argument("--reuse", action="store_true",
+                   help="use shipped pointer-lora-{on,off}[-sN] from --dir instead of training")  # fmt: skip
+    q.add_argument("--seeds", default=None, help="seeds, e.g. 0-2 (default 0-2; --reuse: all)")
+    q.add_argument("--dir", default=None,
+                   help="checkpoints: trained into / read from here (default runs/study/"
+                   "checkpoints; with --reuse data/checkpoints)")  # fmt: skip
+    q.add_argument("--jobs", type=int, default=2, help="training processes at a time")
+    add_analysis_options(q, n_default=512)
+    q.set_defaults(handler=_study)
+    d = ssub.add_parser("depth", help="accuracy over hops × loops, marked help/flat/overthinking")
+    d.add_argument("checkpoints", nargs="*", help="checkpoint dirs (default: every one in --dir)")
+    d.add_argument("--dir", default="data/checkpoints")
+    d.add_argument("--out", required=True)
+    add_analysis_options(d, n_default=512)
+    d.set_defaults(handler=_study)
+
+
+# ------------------------------------------------------------------------ import-checkpoint
+
+
+def _import_checkpoint(args: argparse.Namespace) -> int:
+    from mythos_lens.convert import import_upstream_checkpoint
+
+    out = import_upstream_checkpoint(args.src, args.dst, trust_pickle=args.trust_pickle)
+    print(f"wrote {out} (model.safetensors + config.json)")
+    return 0
+
+
+def add_import_checkpoint_command(sub: argparse._SubParsersAction) -> None:
+    """``mythos-lens import-checkpoint SRC.pt DST/``."""
+    p = sub.add_parser("import-checkpoint",
+                       help="convert an upstream training checkpoint (.pt) to safetensors + JSON")  # fmt: skip
+    p.add_argument(
+        "src", help="upstream .pt file holding {'model': state_dict, 'cfg': MythosConfig}"
+    )
+    p.add_argument("dst", help="new checkpoint directory")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="fully unpickle SRC (runs code stored in it): only for files you trust")  # fmt: skip
+    p.set_defaults(handler=_import_checkpoint)
+
+
+# ---------------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_demo_command,
@@ -184,6 +376,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train_command,
     add_analyze_command,
     add_study_command,
+    add_import_checkpoint_command,
 ]
 
 

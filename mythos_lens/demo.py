@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -43,27 +42,31 @@ def loop_summary(trace: Trace, row: int = 0, pos: int = -1) -> pd.DataFrame:
     )
 
 
-def _demo(args: argparse.Namespace) -> int:
-    ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
-    if args.checkpoint is None and not ckpt.is_dir():
-        model = build_model(tiny_config(act_threshold=1e9), seed=args.seed)
+def run_demo(
+    checkpoint: str | None = None, loops: int | None = None, hops: int = 2, seed: int = 0
+) -> int:
+    """Print a per-loop summary of one input: the shipped checkpoint (or `checkpoint`) on a task
+    example with `hops` hops, or a tiny random model on random ids when nothing is shipped."""
+    ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    if checkpoint is None and not ckpt.is_dir():
+        model = build_model(tiny_config(act_threshold=1e9), seed=seed)
         print(f"no checkpoint at {ckpt}: using a tiny random OpenMythos")
     else:
         model = load_checkpoint(ckpt)
         print(f"checkpoint {ckpt}")
     task = load_task(ckpt) if ckpt.is_dir() else None
     if task is not None:
-        batch = task.generate(1, "heldout", args.seed, hops=[args.hops])
+        batch = task.generate(1, "heldout", seed, hops=[hops])
         ids = batch.input_ids
         answer = task.describe_token(int(batch.answer[0]))
         print(f"input: {' '.join(task.decode(ids[0]))}   (answer {answer})")
     else:
-        gen = torch.Generator().manual_seed(args.seed)
+        gen = torch.Generator().manual_seed(seed)
         ids = torch.randint(
             0, model.cfg.vocab_size, (1, min(12, model.cfg.max_seq_len)), generator=gen
         )
         print(f"input: random token ids {ids[0].tolist()}")
-    trace = capture(model, ids, n_loops=args.loops)
+    trace = capture(model, ids, n_loops=loops)
     print(f"loops run: {trace.n_loops} of {trace.n_loops_requested} requested")
     table = loop_summary(trace)
     with pd.option_context("display.width", 140, "display.float_format", "{:.4f}".format):
@@ -71,17 +74,3 @@ def _demo(args: argparse.Namespace) -> int:
     top = int(trace.logits[0, -1].argmax())
     print(f"prediction at the last position: {task.describe_token(top) if task else top}")
     return 0
-
-
-def add_demo_command(sub: argparse._SubParsersAction) -> None:
-    """``mythos-lens demo [--checkpoint DIR] [--loops N]``."""
-    p = sub.add_parser("demo", help="capture every loop of a model and print a per-loop summary")
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help=f"checkpoint directory (default {DEFAULT_CHECKPOINT.name} if shipped)",
-    )
-    p.add_argument("--loops", type=int, default=None, help="loops to run (may exceed training)")
-    p.add_argument("--hops", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_demo)

@@ -20,8 +20,9 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from mythos_lens.capture import SiteEvent, run
+from mythos_lens.capture import run
 from mythos_lens.errors import MythosLensError
+from mythos_lens.events import SiteEvent
 from mythos_lens.model import check_n_loops, require_openmythos
 from mythos_lens.sites import LOOP_SITES
 

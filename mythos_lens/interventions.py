@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mythos_lens.capture import SiteEvent
 from mythos_lens.errors import MythosLensError, check_int
+from mythos_lens.events import SiteEvent
 from mythos_lens.sites import ALL_SITES, LOOP_SITES
 from mythos_lens.trace import Trace
 

@@ -152,6 +152,26 @@ def build_model(cfg: MythosConfig, seed: int = 0) -> OpenMythos:
     return model.eval()
 
 
+def model_skeleton(cfg: MythosConfig) -> OpenMythos:
+    """An OpenMythos of `cfg` on the meta device: every shape, no memory (for checks before
+    anything is allocated)."""
+    check_config(cfg)
+    try:
+        with torch.device("meta"):
+            return OpenMythos(cfg)
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise MythosLensError(
+            f"config cannot be built ({exc})", "a buildable MythosConfig"
+        ) from None
+
+
+def model_bytes(cfg: MythosConfig) -> int:
+    """Bytes of every parameter and buffer of a float32 OpenMythos of `cfg` (RoPE tables
+    included), computed without allocating."""
+    m = model_skeleton(cfg)
+    return sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
+
+
 def tiny_config(**overrides: Any) -> MythosConfig:
     """A small config for tests and demos (all loops fit in milliseconds on a CPU)."""
     base = dict(

@@ -9,11 +9,14 @@ import resource
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_models import make_model
 
 from mythos_lens.capture import capture, run
 from mythos_lens.checkpoint import load_checkpoint, save_checkpoint
 from mythos_lens.errors import MythosLensError
+from mythos_lens.inputs import parse_token_ids
 from mythos_lens.interventions import (
     AblateLora,
     EditSite,
@@ -22,7 +25,13 @@ from mythos_lens.interventions import (
     Patch,
     SetLoraScale,
 )
-from mythos_lens.model import build_model, check_n_loops, config_from_dict, config_to_dict
+from mythos_lens.model import (
+    build_model,
+    check_n_loops,
+    config_from_dict,
+    config_to_dict,
+    model_bytes,
+)
 from mythos_lens.model import tiny_config as tiny
 from probes.convergence import rho_A
 from probes.lora import lora_delta_ratio
@@ -69,8 +78,9 @@ def test_02_loop_counts_are_validated(bad):
 
 
 def test_02_depth_accuracy_refuses_zero_loops():
+    from mythos_lens.evaluate import depth_accuracy
     from mythos_lens.tasks.registry import get_task
-    from mythos_lens.train import TrainConfig, depth_accuracy, model_config_for
+    from mythos_lens.train import TrainConfig, model_config_for
 
     task = get_task("pointer", n_entities=4, train_hops=1, max_hops=1)
     model = build_model(model_config_for(TrainConfig(dim=32, expert_dim=16), task))
@@ -79,7 +89,7 @@ def test_02_depth_accuracy_refuses_zero_loops():
 
 
 def test_02_analyze_config_refuses_zero_depth_loops():
-    from mythos_lens.analyze import AnalyzeConfig
+    from mythos_lens.analysis.config import AnalyzeConfig
 
     with pytest.raises(MythosLensError, match="depth_loops entry=0"):
         AnalyzeConfig(depth_loops=[0, 1, 2])
@@ -230,3 +240,48 @@ def test_12_any_integral_scalar_is_a_loop_count(n, ids):
     model = make_model("gqa_all_loops")
     assert capture(model, ids, n_loops=n).n_loops == 3
     assert run(model, ids, n_loops=n)[1] == 3
+
+
+# -- property-based: every input either works or raises MythosLensError, never anything else ---
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_parse_token_ids_on_arbitrary_text(text):
+    try:
+        rows = parse_token_ids(text)
+    except MythosLensError:
+        return
+    assert rows and len({len(r) for r in rows}) == 1
+    assert all(isinstance(t, int) and 0 <= t < 2**63 for r in rows for t in r)
+
+
+@st.composite
+def _config_dicts(draw):
+    """A valid config with up to three fields replaced (or dropped, or one added)."""
+    raw = config_to_dict(tiny())
+    values = JSON | st.integers(-3, 300) | st.floats(-1e3, 1e12) | st.sampled_from(["gqa", "mla"])
+    changes = draw(st.dictionaries(st.sampled_from([*raw, "extra_field"]), values, max_size=3))
+    raw.update(changes)
+    if draw(st.booleans()) and draw(st.booleans()):
+        raw.pop(draw(st.sampled_from(sorted(raw))))
+    return raw
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(JSON, _config_dicts()))
+def test_config_validation_on_arbitrary_json(raw):
+    try:
+        cfg = config_from_dict(raw)
+    except MythosLensError:
+        return
+    if model_bytes(cfg) <= 50e6:  # a config that validates builds (when it is small)
+        build_model(cfg)

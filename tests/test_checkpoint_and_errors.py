@@ -146,7 +146,7 @@ def test_trace_save_load_and_tables(ids, tmp_path):
 
 
 def test_parse_token_ids():
-    from mythos_lens.capture import parse_token_ids
+    from mythos_lens.inputs import parse_token_ids
 
     assert parse_token_ids("1 2, 3\n\n4 5 6\n") == [[1, 2, 3], [4, 5, 6]]
     for text, msg in [

@@ -41,3 +41,30 @@ def test_nnsight_recipe_runs(tmp_path):
     assert len(scope["resid"]) == 8
     assert torch.equal(scope["resid"][2], scope["trace"]["resid_post"][2])
     assert torch.equal(scope["logits"], scope["ablated"].logits)  # same edit as AblateLora([3])
+
+
+def test_python_version_agrees_everywhere():
+    """README, pyproject's requires-python and the pinned requirements name one minimum Python
+    (issue 9, item 14): the highest minimum any pinned package declares."""
+    import importlib.metadata as md
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    repo = README.parent
+    readme = re.search(r"Python (\d+\.\d+)\+", README.read_text()).group(1)
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == f">={readme}"
+    pins = [
+        line.split("==")[0]
+        for line in (repo / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    ]
+    needs = {}
+    for pin in pins:
+        spec = md.metadata(pin).get("Requires-Python")
+        if spec:
+            needs[pin] = SpecifierSet(spec)
+    older = f"{readme.split('.')[0]}.{int(readme.split('.')[1]) - 1}"
+    assert all(readme + ".0" in s for s in needs.values()), needs  # every pin runs on it
+    assert any(older + ".99" not in s for s in needs.values()), needs  # and some need it

@@ -9,15 +9,9 @@ import torch
 from mythos_lens.checkpoint import load_checkpoint, read_config
 from mythos_lens.cli import main
 from mythos_lens.errors import MythosLensError
+from mythos_lens.evaluate import heldout_set, per_hop_accuracy
 from mythos_lens.tasks import task_from_spec
-from mythos_lens.train import (
-    TrainConfig,
-    disable_lora,
-    heldout_set,
-    per_hop_accuracy,
-    preset_config,
-    train,
-)
+from mythos_lens.train import TrainConfig, disable_lora, preset_config, train
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 REQUIRED = ["pointer-lora-on", "pointer-lora-off"]

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import figures, state
 from app.sidebar import checkpoint_options, example_index
-from mythos_lens.train import per_hop_accuracy
+from mythos_lens.evaluate import per_hop_accuracy
 from probes import plots
 from probes.lora import lora_scale_cosine
 from probes.routing import overlap_matrix, router_overlap

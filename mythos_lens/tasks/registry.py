@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mythos_lens.errors import MythosLensError
-from mythos_lens.tasks.pointer import PointerTask
+
+if TYPE_CHECKING:
+    from mythos_lens.tasks.pointer import PointerTask
 
 
 @dataclass(frozen=True)
@@ -20,17 +22,24 @@ class TaskInfo:
     defaults: dict[str, Any]
 
 
+# Factories import their task class when called, so listing tasks does not import torch.
+def _pointer(**params: Any) -> PointerTask:
+    from mythos_lens.tasks.pointer import PointerTask
+
+    return PointerTask(**params)
+
+
 def _assoc_recall(**params: Any) -> PointerTask:
     params.setdefault("train_hops", 1)
     params.setdefault("max_hops", 1)
-    return PointerTask(**params)
+    return _pointer(**params)
 
 
 TASKS: dict[str, TaskInfo] = {
     "pointer": TaskInfo(
         "pointer",
         "pointer chasing over a random function in context: pairs, h<j>, k<s> -> v<f^j(s)>",
-        PointerTask,
+        _pointer,
         {"n_entities": 8, "train_hops": 3, "max_hops": 6, "heldout_permille": 200},
     ),
     "assoc-recall": TaskInfo(

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import tiny_checkpoint  # noqa: E402
+from tiny_models import tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

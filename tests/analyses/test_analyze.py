@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mythos_lens import analyze as an
+from mythos_lens.analysis import run as analysis_run
+from mythos_lens.analysis.columns import TABLE_COLUMNS
+from mythos_lens.analysis.config import AnalyzeConfig, task_inputs
+from mythos_lens.analysis.run import analyze, analyze_model
+from mythos_lens.analysis.summary import depth_marks, depth_statements
+from mythos_lens.checkpoint import load_checkpoint, load_task
 from mythos_lens.cli import main
 from mythos_lens.errors import MythosLensError
 
@@ -17,7 +22,7 @@ def small_cfg(**kw):
     base = dict(n_examples=24, batch_size=12, probe_examples=24, probe_splits=3,
                 depth_loops=[1, 3], depth_examples=8, spectral_examples=1, spectral_iters=4,
                 progress=False)  # fmt: skip
-    return an.AnalyzeConfig(**{**base, **kw})
+    return AnalyzeConfig(**{**base, **kw})
 
 
 class _Parser(html.parser.HTMLParser):
@@ -45,12 +50,12 @@ class _Parser(html.parser.HTMLParser):
 def result(tiny_ckpts, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "out"
     torch.set_num_threads(1)
-    an.analyze(list(tiny_ckpts), out, small_cfg(), plotlyjs="cdn")
+    analyze(list(tiny_ckpts), out, small_cfg(), plotlyjs="cdn")
     return out
 
 
 def test_every_table_with_documented_columns(result):
-    for name, cols in an.TABLE_COLUMNS.items():
+    for name, cols in TABLE_COLUMNS.items():
         pq = pd.read_parquet(result / f"{name}.parquet")
         csv = pd.read_csv(result / f"{name}.csv")
         assert list(pq.columns) == list(cols), name
@@ -100,13 +105,13 @@ def test_interrupted_run_leaves_no_partial_output(tiny_ckpts, tmp_path, monkeypa
 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        an.analyze([tiny_ckpts[0]], out, small_cfg(), on_batch=boom)
+        analyze([tiny_ckpts[0]], out, small_cfg(), on_batch=boom)
     assert calls == [0, 1]
     assert list(tmp_path.iterdir()) == []
     # a failure while writing (after every table is computed) cleans up too
-    monkeypatch.setattr(an, "build_report", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(analysis_run, "build_report", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        an.analyze([tiny_ckpts[0]], out, small_cfg())
+        analyze([tiny_ckpts[0]], out, small_cfg())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -114,13 +119,13 @@ def test_existing_output_needs_overwrite(tiny_ckpts, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(MythosLensError, match="exists"):
-        an.analyze([tiny_ckpts[0]], out, small_cfg())
+        analyze([tiny_ckpts[0]], out, small_cfg())
 
 
 def test_same_seed_identical_tables(tiny_ckpts, tmp_path):
     for d in ("a", "b"):
-        an.analyze([tiny_ckpts[0]], tmp_path / d, small_cfg(seed=3), plotlyjs="cdn")
-    for name in an.TABLE_COLUMNS:
+        analyze([tiny_ckpts[0]], tmp_path / d, small_cfg(seed=3), plotlyjs="cdn")
+    for name in TABLE_COLUMNS:
         a = pd.read_parquet(tmp_path / "a" / f"{name}.parquet")
         b = pd.read_parquet(tmp_path / "b" / f"{name}.parquet")
         pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -132,14 +137,14 @@ def test_same_seed_identical_tables(tiny_ckpts, tmp_path):
 def test_bounded_memory(tiny_ckpts):
     """10x more inputs: Python/numpy peak (tracemalloc) and the tensors kept across batches
     (retained_bytes) do not grow with the number of inputs."""
-    model = an.load_checkpoint(tiny_ckpts[0])
-    task = an.load_task(tiny_ckpts[0])
+    model = load_checkpoint(tiny_ckpts[0])
+    task = load_task(tiny_ckpts[0])
     peaks, kept = [], []
     for n in (24, 240):
         cfg = small_cfg(n_examples=n, probe_examples=12)
-        inputs = an.task_inputs(task, n, 0, None)
+        inputs = task_inputs(task, n, 0, None)
         tracemalloc.start()
-        tables = an.analyze_model(model, inputs, cfg, "m")
+        tables = analyze_model(model, inputs, cfg, "m")
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         kept.append(int(tables["_meta"]["retained_bytes"].iloc[0]))
@@ -150,7 +155,7 @@ def test_bounded_memory(tiny_ckpts):
 
 def test_cli_analyze_and_ids_file(tiny_ckpts, tmp_path, capsys):
     ids = tmp_path / "ids.txt"
-    task = an.load_task(tiny_ckpts[0])
+    task = load_task(tiny_ckpts[0])
     batch = task.generate(12, "heldout", seed=1)
     ids.write_text("\n".join(" ".join(map(str, r.tolist())) for r in batch.input_ids))
     code = main(["analyze", str(tiny_ckpts[0]), "--out", str(tmp_path / "o"), "--ids", str(ids),
@@ -166,7 +171,7 @@ def test_cli_analyze_and_ids_file(tiny_ckpts, tmp_path, capsys):
 def test_depth_marks_help_and_overthinking():
     d = pd.DataFrame({"checkpoint": "m", "hops": 1, "n_loops": [1, 2, 3, 4], "n": 400,
                       "accuracy": [0.2, 0.9, 0.92, 0.5]})  # fmt: skip
-    m = an.depth_marks(d)
+    m = depth_marks(d)
     assert m["mark"].tolist() == ["", "helps", "flat", "hurts"]
     assert m["overthinking"].tolist() == [False, False, False, True]
-    assert "overthinking" in an.depth_statements(d)[0]
+    assert "overthinking" in depth_statements(d)[0]

@@ -1,0 +1,1 @@
+"""`mythos-lens analyze`: collection, tables, summary and report (see :mod:`.run`)."""

@@ -1,0 +1,1 @@
+"""The flagship studies behind `mythos-lens study` (LoRA differentiation, depth)."""
