@@ -12,6 +12,7 @@ are not sites of ours), and KV-cached generation.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -75,6 +76,20 @@ class HookedMythos(HookedRootModule):
     def _visit(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor:
         return self._hook_point(event)(value)
 
+    def run_with_hooks(self, *model_args: Any, fwd_hooks: Any = (), bwd_hooks: Any = (), **kw: Any):
+        """TransformerLens's ``run_with_hooks``; a hook named for a loop step that does not run
+        (``recurrent.loop.7.…`` with ``n_loops=4``, or after ACT stopped early) raises instead of
+        silently doing nothing."""
+        names = [n for n, _ in [*fwd_hooks, *bwd_hooks] if isinstance(n, str)]
+        self._hook_targets = [_HookTarget(n, int(m.group(1))) for n in names
+                              if (m := _LOOP_HOOK.match(n))]  # fmt: skip
+        try:
+            return super().run_with_hooks(
+                *model_args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, **kw
+            )
+        finally:
+            self._hook_targets = []
+
     def forward(
         self, input_ids: Any, n_loops: int | None = None, run_all_loops: bool = False
     ) -> torch.Tensor:
@@ -85,7 +100,28 @@ class HookedMythos(HookedRootModule):
                 f"n_loops={n} but only {self.max_loops} loops have hook points",
                 f"n_loops <= {self.max_loops} (or HookedMythos(model, max_loops={n}))",
             )
+        targets = getattr(self, "_hook_targets", [])
         logits, _ = run(
-            self.model, input_ids, n_loops=n, visitors=[self._visit], run_all_loops=run_all_loops
+            self.model,
+            input_ids,
+            n_loops=n,
+            visitors=[self._visit, *targets],
+            run_all_loops=run_all_loops,
         )
         return logits
+
+
+_LOOP_HOOK = re.compile(r"recurrent\.loop\.(\d+)\.")
+
+
+class _HookTarget:
+    """A hook name as a visitor that only declares the loop step it needs (see ``run``)."""
+
+    def __init__(self, name: str, loop: int) -> None:
+        self.name, self.target_loops = name, frozenset([loop])
+
+    def __repr__(self) -> str:
+        return f"hook {self.name!r}"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> None:
+        return None

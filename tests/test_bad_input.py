@@ -285,3 +285,14 @@ def test_config_validation_on_arbitrary_json(raw):
         return
     if model_bytes(cfg) <= 50e6:  # a config that validates builds (when it is small)
         build_model(cfg)
+
+
+def test_01_transformerlens_hook_at_a_loop_that_does_not_run(ids):
+    from mythos_lens.hooked import HookedMythos
+
+    hooked = HookedMythos(make_model("gqa_all_loops"))
+    hook = ("recurrent.loop.7.hook_resid_post", lambda v, hook: v * 0)
+    with pytest.raises(MythosLensError, match="hook 'recurrent.loop.7.hook_resid_post' targets"):
+        hooked.run_with_hooks(ids, n_loops=4, fwd_hooks=[hook])
+    hooked.run_with_hooks(ids, n_loops=8, fwd_hooks=[hook])  # reached: fine
+    hooked(ids, n_loops=4)  # the targets do not outlive the call
