@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from open_mythos.main import OpenMythos
 
+from mythos_lens.attention import attention_pattern
 from mythos_lens.errors import MythosLensError
 from mythos_lens.events import SiteEvent, Visitor, check_loops_reached
 from mythos_lens.inputs import as_input_ids, check_positions, check_store_dtype
@@ -28,7 +29,7 @@ from mythos_lens.model import (
     config_to_dict,
     require_openmythos,
 )
-from mythos_lens.sites import LAYER_SITES, LOOP_SITES, resolve_sites
+from mythos_lens.sites import ALL_SITES, LAYER_SITES, LOOP_SITES, OPTIONAL_SITES, resolve_sites
 from mythos_lens.trace import LazyStack, Trace
 
 
@@ -45,9 +46,12 @@ class _ForwardState:
 class LoopSession:
     """Installs the hooks for one or more forwards and dispatches site events to visitors."""
 
-    def __init__(self, model: OpenMythos, visitors: Sequence[Visitor]) -> None:
+    def __init__(
+        self, model: OpenMythos, visitors: Sequence[Visitor], optional_sites: Sequence[str] = ()
+    ) -> None:
         self.model = require_openmythos(model)
         self.visitors = list(visitors)
+        self.optional_sites = frozenset(optional_sites)  # computed only when someone asks
         self.state = _ForwardState()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -171,6 +175,18 @@ class LoopSession:
         def on_recurrent(mod, args, kwargs, out):
             return self.emit("act_out", out, args)
 
+        def on_attention(site: str, layer: int | None):
+            def hook(mod, args, kwargs, out):
+                x, freqs, mask = args[0], args[1], args[2] if len(args) > 2 else None
+                cache = args[3] if len(args) > 3 else kwargs.get("kv_cache")
+                key = args[4] if len(args) > 4 else kwargs.get("cache_key", "default")
+                cached = cache.get(key) if cache is not None else None
+                with torch.no_grad():
+                    pattern = attention_pattern(mod, x, freqs, mask, cached)
+                self.emit(site, pattern, args, layer=layer, read_only=True)
+
+            return hook
+
         self._hook(m.embed, on_embed)
         for i, layer in enumerate(m.prelude):
             self._hook(layer, on_layer("prelude", i))
@@ -184,6 +200,12 @@ class LoopSession:
         self._hook(rec, on_recurrent)
         for i, layer in enumerate(m.coda):
             self._hook(layer, on_layer("coda", i))
+        if "attn_pattern" in self.optional_sites:
+            self._hook(rec.block.attn, on_attention("attn_pattern", None))
+        for group in ("prelude", "coda"):
+            if f"{group}_attn" in self.optional_sites:
+                for i, layer in enumerate(getattr(m, group)):
+                    self._hook(layer.attn, on_attention(f"{group}_attn", i))
 
     def remove(self) -> None:
         """Remove every hook this session installed."""
@@ -226,10 +248,11 @@ class CaptureVisitor:
         self.stream: dict[str, torch.Tensor] = {}
         self.layers: dict[str, list[torch.Tensor]] = {}
 
-    def _store(self, value: torch.Tensor) -> torch.Tensor:
+    def _store(self, site: str, value: torch.Tensor) -> torch.Tensor:
         x = value.detach()
-        if self.positions is not None and x.dim() >= 2:
-            x = x.index_select(1, self.positions.to(x.device))
+        axis = ALL_SITES[site].pos_axis
+        if self.positions is not None and x.dim() > axis:
+            x = x.index_select(axis, self.positions.to(x.device))
         # Tensor.to costs ~10 us even when it has nothing to do: call it only when it must move.
         dtype = self.dtype if (self.dtype is not None and x.is_floating_point()) else x.dtype
         device = self.device if self.device is not None else x.device
@@ -241,11 +264,11 @@ class CaptureVisitor:
         if event.site not in self.sites:
             return None
         if event.site in LOOP_SITES:
-            self.loop.setdefault(event.site, []).append(self._store(value))
+            self.loop.setdefault(event.site, []).append(self._store(event.site, value))
         elif event.site in LAYER_SITES:
-            self.layers.setdefault(event.site, []).append(self._store(value))
+            self.layers.setdefault(event.site, []).append(self._store(event.site, value))
         else:
-            self.stream[event.site] = self._store(value)
+            self.stream[event.site] = self._store(event.site, value)
         return None
 
 
@@ -271,19 +294,21 @@ def run(
     visitors: Sequence[Visitor] = (),
     run_all_loops: bool = False,
     grad: bool = False,
+    optional_sites: Sequence[str] = (),
 ) -> tuple[torch.Tensor, int]:
     """Run one forward pass with visitors attached; returns ``(logits [batch, seq, vocab],
     loops_run)``.
 
     ``run_all_loops=True`` passes upstream an empty KV cache, which disables ACT's early exit
     without changing any value: halted positions keep contributing zero weight.
+    ``optional_sites`` (e.g. ``attn_pattern``) are computed and emitted only when named here.
     """
     model = require_openmythos(model)
     check_finite_weights(model)
     ids = as_input_ids(input_ids, model)
     n = check_n_loops(n_loops, model)
     check_loops_reached(visitors, n, n, False)  # before running: loops beyond n_loops
-    session = LoopSession(model, visitors)
+    session = LoopSession(model, visitors, optional_sites)
     grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with session.installed(), grad_ctx:
         logits = model(ids, n_loops=n, kv_cache={} if run_all_loops else None)
@@ -332,6 +357,7 @@ def capture(
         n_loops=n_req,
         visitors=[*interventions, keeper],
         run_all_loops=run_all_loops,
+        optional_sites=[s for s in chosen if s in OPTIONAL_SITES],
     )
     cfg = model.cfg
     max_row = cfg.max_loop_iters - 1

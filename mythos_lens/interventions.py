@@ -145,9 +145,20 @@ class Patch:
 
     @classmethod
     def from_trace(
-        cls, trace: Trace, site: str, loop: int | None, positions: Iterable[int] | None = None
+        cls,
+        trace: Trace,
+        site: str,
+        loop: int | None,
+        positions: Iterable[int] | None = None,
+        to_loop: int | None = None,
     ) -> Patch:
-        """Patch with `trace`'s value of `site` at `loop` (at `positions`, default all kept)."""
+        """Patch with `trace`'s value of `site` at `loop` (at `positions`, default all kept),
+        written at the same loop or, for a cross-step transplant, at `to_loop`."""
+        if to_loop is not None:
+            if site not in LOOP_SITES:
+                raise MythosLensError(f"to_loop for stream site {site!r}", "a loop site")
+            p = cls.from_trace(trace, site, loop, positions)
+            return cls(site, _check_loop(to_loop), p.value, positions=p.positions)
         if site in LOOP_SITES:
             loop = _check_loop(loop)
             if loop >= trace.n_loops:

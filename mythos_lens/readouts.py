@@ -123,3 +123,32 @@ def loop_step(model: OpenMythos, e: torch.Tensor, t: int) -> Callable[[torch.Ten
         return functional_call(rec.injection, p_inj, (h, e, out))
 
     return step
+
+
+def exit_states(act_weight: torch.Tensor, resid_post: torch.Tensor) -> torch.Tensor:
+    """What the coda would receive had the loop stopped after step t: ``[loop, batch, pos, d]``.
+
+    Upstream's ACT sum ``h_out = Σ_s w_s h_s`` runs forward in t and no weight depends on later
+    steps (a run stopped by ``n_loops`` adds no remainder), so stopping after step t gives the
+    prefix ``Σ_{s<=t} w_s h_s``. It is accumulated with upstream's own operations, in upstream's
+    order, so ``coda_lens`` of row t equals the logits of a real run with ``n_loops=t+1``.
+
+    Args:
+        act_weight: ``[loop, batch, pos]`` (``trace["act_weight"]``).
+        resid_post: ``[loop, batch, pos, d]`` (``trace["resid_post"]``), same positions.
+    """
+    for name, x, nd in (("act_weight", act_weight, 3), ("resid_post", resid_post, 4)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != nd:
+            raise MythosLensError(f"{name} is {getattr(x, 'shape', type(x).__name__)}",
+                                  f"a floating tensor with {nd} dims")  # fmt: skip
+    if act_weight.shape != resid_post.shape[:3]:
+        raise MythosLensError(
+            f"act_weight {tuple(act_weight.shape)} vs resid_post {tuple(resid_post.shape)}",
+            "act_weight = resid_post.shape[:3]",
+        )
+    acc = torch.zeros_like(resid_post[0])
+    out = []
+    for w, h in zip(act_weight, resid_post, strict=True):
+        acc = acc + w.unsqueeze(-1) * h
+        out.append(acc)
+    return torch.stack(out)

@@ -22,6 +22,8 @@ class Site:
     shape: str
     doc: str
     editable: bool = True
+    optional: bool = False  # opt-in: not part of "all" (e.g. attention patterns cost T² memory)
+    pos_axis: int = 1  # axis of one step's value that runs over sequence positions
 
 
 # Order = execution order inside one loop step (interventions must follow it).
@@ -50,6 +52,9 @@ LOOP_SITES: dict[str, Site] = {
              editable=False),
         Site("cum_halt_prob", "recurrent.act", "[loop, batch, pos]",
              "cumulative halting probability after this loop", editable=False),
+        Site("attn_pattern", "recurrent.block.attn", "[loop, batch, head, q, k]",
+             "attention weights of the shared block (recomputed from its inputs; opt-in)",
+             editable=False, optional=True, pos_axis=2),
     ]
 }  # fmt: skip
 
@@ -70,16 +75,25 @@ LAYER_SITES: dict[str, Site] = {
     for s in [
         Site("prelude", "prelude.{i}", "[layer, batch, pos, d]", "output of each prelude layer"),
         Site("coda", "coda.{i}", "[layer, batch, pos, d]", "output of each coda layer"),
+        Site("prelude_attn", "prelude.{i}.attn", "[layer, batch, head, q, k]",
+             "attention weights of each prelude layer (opt-in)", editable=False, optional=True,
+             pos_axis=2),
+        Site("coda_attn", "coda.{i}.attn", "[layer, batch, head, q, k]",
+             "attention weights of each coda layer (opt-in)", editable=False, optional=True,
+             pos_axis=2),
     ]
 }  # fmt: skip
 
 ALL_SITES: dict[str, Site] = {**LOOP_SITES, **STREAM_SITES, **LAYER_SITES}
+OPTIONAL_SITES = frozenset(n for n, s in ALL_SITES.items() if s.optional)
+ATTENTION_SITES = ("attn_pattern", "prelude_attn", "coda_attn")
 
 
 def resolve_sites(sites: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    """Validate a site selection; ``None`` or ``"all"`` selects every site. Logits are always kept."""
+    """Validate a site selection; ``None`` or ``"all"`` selects every site but the opt-in ones
+    (attention patterns: name them). Logits are always kept."""
     if sites is None or sites == "all":
-        chosen = tuple(ALL_SITES)
+        chosen = tuple(n for n in ALL_SITES if n not in OPTIONAL_SITES)
     elif isinstance(sites, str):
         chosen = (sites,)
     else:

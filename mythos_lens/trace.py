@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mythos_lens.atomic import atomic_path
 from mythos_lens.errors import MythosLensError
-from mythos_lens.sites import ALL_SITES, LAYER_SITES, LOOP_SITES, STREAM_SITES
+from mythos_lens.sites import ALL_SITES, ATTENTION_SITES, LAYER_SITES, LOOP_SITES, STREAM_SITES
 
 TRACE_FORMAT = "mythos-lens-trace/1"
 _GROUPS = ("loop", "stream", "layers", "params")
@@ -130,6 +130,8 @@ class Trace:
             "expert_weights": ["slot"],
             "logits": ["token"],
         }.get(site, ["channel"])
+        if site in ATTENTION_SITES:  # [loop|layer, batch, head, q, k]: q is the position
+            lead, tail = [lead[0], "batch", "head", "pos"], ["key"]
         names = (lead + tail)[: x.dim()]
         arr = x.detach().float().cpu().numpy() if x.is_floating_point() else x.cpu().numpy()
         grids = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")

@@ -108,60 +108,6 @@ def lens_kl_table(logits: Any, positions: Any = None) -> pd.DataFrame:
     return _long({"kl_prev": k}, np.arange(1, k.shape[0] + 1), _positions(positions, k.shape[2]))
 
 
-def act_halting_step(cum_halt_prob: Any, threshold: float) -> torch.Tensor:
-    """``[batch, pos]`` first loop t at which ``cum_halt_prob`` ``[loop, batch, pos]`` reaches
-    ``threshold`` (upstream's ``halted = cumulative_p >= act_threshold``); −1 if never."""
-    c = as_tensor(cum_halt_prob, "cum_halt_prob")
-    check_ndim(c, 3, "cum_halt_prob", "[loop, batch, pos]")
-    if not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
-        raise MythosLensError(f"threshold={threshold!r}", "a finite number")
-    return _first(c >= threshold, offset=0)
-
-
-def kl_exit_step(logits: Any, threshold: float = KL_EXIT_THRESHOLD) -> torch.Tensor:
-    """``[batch, pos]`` first loop u ≥ 1 with KL(p_{u−1} ‖ p_u) < ``threshold`` (an exit after
-    loop u), from lens logits ``[loop, batch, pos, vocab]``; −1 if never."""
-    if not isinstance(threshold, (int, float)) or not threshold > 0:
-        raise MythosLensError(f"threshold={threshold!r}", "a positive number")
-    return _first(successive_kl(logits) < threshold, offset=1)
-
-
-def _first(cond: torch.Tensor, offset: int) -> torch.Tensor:
-    any_ = cond.any(0)
-    idx = cond.to(torch.int64).argmax(0) + offset
-    return torch.where(any_, idx, torch.full_like(idx, -1))
-
-
-def exit_table(
-    cum_halt_prob: Any,
-    logits: Any,
-    act_threshold: float,
-    kl_threshold: float = KL_EXIT_THRESHOLD,
-    positions: Any = None,
-) -> pd.DataFrame:
-    """Per token: ``act_step`` (:func:`act_halting_step`) vs ``kl_step`` (:func:`kl_exit_step`),
-    and ``n_loops``; −1 = never. Columns ``batch, pos, act_step, kl_step, n_loops``."""
-    a = act_halting_step(cum_halt_prob, act_threshold)
-    k = kl_exit_step(logits, kl_threshold)
-    if a.shape != k.shape:
-        raise MythosLensError(
-            f"cum_halt_prob gives {tuple(a.shape)} tokens, logits {tuple(k.shape)}",
-            "the same [batch, pos]",
-        )
-    B, P = a.shape
-    bb, pp = np.meshgrid(np.arange(B), np.arange(P), indexing="ij")
-    pos = _positions(positions, P)
-    return pd.DataFrame(
-        {
-            "batch": bb.ravel(),
-            "pos": pp.ravel() if pos is None else pos[pp.ravel()],
-            "act_step": a.reshape(-1).numpy(),
-            "kl_step": k.reshape(-1).numpy(),
-            "n_loops": int(as_tensor(cum_halt_prob, "cum_halt_prob").shape[0]),
-        }
-    )
-
-
 def rho_A(A: Any) -> float:
     """Spectral radius of the diagonal injection matrix ``A`` ``[d]``: max |A_i|."""
     a = as_tensor(A, "A")

@@ -245,6 +245,28 @@ class PointerTask:
         ids = input_ids.cpu().numpy() if isinstance(input_ids, torch.Tensor) else input_ids
         return torch.from_numpy(sequence_split(np.asarray(ids), self.heldout_permille))
 
+    # -- ground truth for attention ------------------------------------------------------------
+    def pair_truth(self, batch: TaskBatch, n_loops: int) -> dict[str, torch.Tensor]:
+        """Where each key/value pair sits and which pair each loop step should read.
+
+        Returns ``pair_positions`` ``[B, E, 2]`` (sequence positions of the key and value token
+        of each context pair, in context order) and ``expected_pair`` ``[n_loops, B]``: the pair
+        whose key is the entity reached after t hops (the start at t = 0) — reading it gives hop
+        t+1 — or −1 when t >= the example's hop count (nothing is left to look up).
+        """
+        ids = batch.input_ids
+        B, E = ids.shape[0], self.n_entities
+        key_pos = torch.arange(0, 2 * E, 2)
+        positions = torch.stack([key_pos, key_pos + 1], -1).expand(B, E, 2)
+        key_entity = ids[:, 0 : 2 * E : 2] - self.layout.key_offset  # [B, E] in context order
+        chain = torch.cat([batch.start.view(B, 1), batch.hop_entities], 1)  # after t hops
+        expected = torch.full((n_loops, B), -1, dtype=torch.long)
+        for t in range(min(n_loops, chain.shape[1] - 1)):
+            live = batch.hops > t
+            slot = (key_entity == chain[:, t : t + 1]).to(torch.long).argmax(1)
+            expected[t] = torch.where(live, slot, torch.full_like(slot, -1))
+        return {"pair_positions": positions.clone(), "expected_pair": expected}
+
     # -- baselines -----------------------------------------------------------------------------
     def chance(self, batch: TaskBatch) -> dict[int, dict[str, float]]:
         """Chance accuracy per hop count present in `batch`.

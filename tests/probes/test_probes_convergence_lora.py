@@ -13,15 +13,13 @@ from mythos_lens.errors import MythosLensError
 from mythos_lens.interventions import AblateLora
 from mythos_lens.readouts import loop_step
 from probes.convergence import (
-    act_halting_step,
-    exit_table,
-    kl_exit_step,
     lens_kl_table,
     rho_A,
     spectral_radius,
     step_table,
     successive_kl,
 )
+from probes.exits import act_halting_step, exit_steps, kl_exit_step
 from probes.lora import ZERO_NOTE, ablation_effects, lora_delta_ratio, lora_scale_cosine
 
 
@@ -66,7 +64,8 @@ def test_successive_kl_and_exit_steps():
     assert t.loop.min() == 1 and len(t) == 3 * 2
     cum = torch.tensor([[0.5, 0.2], [0.995, 0.4], [1.0, 0.6], [1.0, 0.7]]).reshape(4, 1, 2)
     assert act_halting_step(cum, 0.99).tolist() == [[1, -1]]
-    ex = exit_table(cum, lg, act_threshold=0.99)
+    h = torch.zeros(4, 1, 2, 3)  # states are not what this checks
+    ex = exit_steps(lg, lg[-1], h, cum_halt_prob=cum, act_threshold=0.99)
     assert ex[["act_step", "kl_step"]].to_numpy().tolist() == [[1, 2], [-1, -1]]
 
 

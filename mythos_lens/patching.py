@@ -1,0 +1,184 @@
+"""Activation patching per loop step, batched: a whole loop × position sweep is one forward.
+
+The target input is repeated once per patched cell and a visitor writes the source run's value
+into each copy's cell; a second, unpatched forward of the same repeated batch is the baseline.
+(Identical rows of one batch can differ by ~1e-6 because matrix kernels treat row blocks
+differently; a row compared with the same row of a same-shaped forward cannot, so a copy patched
+with its own values changes its logits by exactly 0.)
+
+- :func:`patch_sweep`: clean → corrupted ("denoise": run the corrupted input, restore one clean
+  cell) or corrupted → clean ("noise") for ``resid_post`` (h_t), ``block_out`` or ``lora_delta``.
+- :func:`lora_cross_patch`: loop t computed with LoRA scale row t′, for every (t, t′) at once.
+- Cross-step transplants (h from loop t into loop t′) are ``Patch.from_trace(..., to_loop=t′)``.
+
+The tables (logit difference, restored fraction, answer flips) are computed by
+``probes.patching`` from the logits returned here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mythos_lens.capture import capture, run
+from mythos_lens.errors import MythosLensError, check_int
+from mythos_lens.events import SiteEvent
+from mythos_lens.inputs import as_input_ids
+from mythos_lens.model import check_n_loops, require_openmythos
+
+SWEEP_SITES = ("resid_post", "block_out", "lora_delta")
+
+
+@dataclass
+class SweepResult:
+    """Logits at the query position of every patched copy.
+
+    ``cells``: one row per patched copy (``loop``, ``pos``); ``patched``: ``[cell, batch,
+    vocab]``; ``baseline``: ``[cell, batch, vocab]`` the same copies unpatched (a same-shaped
+    forward); ``source``: ``[batch, vocab]`` the run the patched values come from.
+    """
+
+    cells: pd.DataFrame
+    patched: torch.Tensor
+    baseline: torch.Tensor
+    source: torch.Tensor
+    site: str
+    direction: str
+    query: int
+
+
+class _CellWriter:
+    """At `site`, loop t, write the source run's value into copy c's row at position p, for
+    every cell (c, t, p). `source` is ``[loop, copies · B, T, ...]``: the source input repeated
+    like the target, so each row's value was computed at that very row."""
+
+    def __init__(self, site: str, source: torch.Tensor, cells: pd.DataFrame, B: int) -> None:
+        self.site, self.source, self.B = site, source, B
+        self.by_loop: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        ar = torch.arange(B)
+        for t, g in cells.groupby("loop"):
+            copies = torch.tensor(g["copy"].to_list())
+            pos = torch.tensor(g["pos"].to_list())
+            rows = (copies.view(-1, 1) * B + ar).reshape(-1)
+            self.by_loop[int(t)] = (rows, pos.repeat_interleave(B))
+        self.target_loops = frozenset(self.by_loop)
+
+    def __repr__(self) -> str:
+        return f"patch sweep of {self.site!r}"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != self.site or event.loop not in self.by_loop:
+            return None
+        rows, pos = self.by_loop[event.loop]
+        out = value.clone()
+        out[rows, pos] = self.source[event.loop].to(out)[rows, pos]
+        return out
+
+
+def patch_sweep(
+    model: Any,
+    clean_ids: Any,
+    corrupt_ids: Any,
+    *,
+    site: str = "resid_post",
+    n_loops: int | None = None,
+    loops: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    direction: str = "denoise",
+    query: int = -1,
+) -> SweepResult:
+    """Patch one (loop, position) cell at a time, every cell in one batched forward.
+
+    Args:
+        clean_ids, corrupt_ids: ``[batch, seq]`` token ids of equal shape.
+        site: ``resid_post`` (h_t), ``block_out`` or ``lora_delta``.
+        n_loops: loop steps (every one runs: ACT early exit is disabled so loops align).
+        loops, positions: the cells (default every loop × every position).
+        direction: ``denoise`` runs the corrupted input and writes clean values into it;
+            ``noise`` runs the clean input and writes corrupted values.
+        query: the position whose logits are returned (default the last).
+    """
+    model = require_openmythos(model)
+    if site not in SWEEP_SITES:
+        raise MythosLensError(f"patch sweep of site {site!r}", f"one of {list(SWEEP_SITES)}")
+    if direction not in ("denoise", "noise"):
+        raise MythosLensError(f"direction={direction!r}", "'denoise' or 'noise'")
+    clean, corrupt = as_input_ids(clean_ids, model), as_input_ids(corrupt_ids, model)
+    if clean.shape != corrupt.shape:
+        raise MythosLensError(
+            f"clean ids {tuple(clean.shape)} vs corrupted {tuple(corrupt.shape)}", "equal shapes"
+        )
+    n = check_n_loops(n_loops, model)
+    B, T = clean.shape
+    q = check_int("query", query, -T, T - 1) % T
+    loops = list(range(n)) if loops is None else [check_int("loop", t, 0, n - 1) for t in loops]
+    positions = list(range(T)) if positions is None else [
+        check_int("position", p, -T, T - 1) % T for p in positions
+    ]  # fmt: skip
+    src_ids, tgt_ids = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+    cells = pd.DataFrame([(t, p) for t in loops for p in positions], columns=["loop", "pos"])
+    cells.insert(0, "copy", range(len(cells)))
+    src = capture(model, src_ids.repeat(len(cells), 1), n_loops=n, sites=[site],
+                  run_all_loops=True, store_device=None)  # fmt: skip
+    repeated = tgt_ids.repeat(len(cells), 1)
+    writer = _CellWriter(site, src[site], cells, B)
+    patched, _ = run(model, repeated, n_loops=n, visitors=[writer], run_all_loops=True)
+    plain, _ = run(model, repeated, n_loops=n, run_all_loops=True)
+    shape = (len(cells), B, -1)
+    return SweepResult(cells.drop(columns="copy"), patched[:, q].reshape(shape).cpu(),
+                       plain[:, q].reshape(shape).cpu(), src.logits[:B, q].cpu(), site,
+                       direction, q)  # fmt: skip
+
+
+class _RowScales:
+    """At every loop, recompute the LoRA delta of the whole batch with a per-copy scale row."""
+
+    def __init__(self, rows: torch.Tensor, B: int) -> None:
+        self.rows, self.B = rows, B  # rows: [loop, copies] scale row used by each copy
+
+    def __repr__(self) -> str:
+        return "LoRA cross-patch"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != "lora_delta" or event.loop >= self.rows.shape[0]:
+            return None
+        lora = event.model.recurrent.lora
+        table = lora.scale.weight
+        s = table[self.rows[event.loop].to(table.device)].repeat_interleave(self.B, 0)
+        # The same operations as upstream's LoRAAdapter on the whole batch: a copy that keeps
+        # its own row gets exactly upstream's delta.
+        return (lora.down(event.inputs[0]) * s.unsqueeze(1)) @ lora.B
+
+
+def lora_cross_patch(
+    model: Any, input_ids: Any, *, n_loops: int | None = None, query: int = -1
+) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
+    """Loop t computed with LoRA scale row t′ (every other loop keeps its own row), for every
+    pair (t, t′) with t′ over the table's rows, in one batched forward.
+
+    Returns ``(cells, patched, baseline)``: ``cells`` has ``loop, row`` per copy, ``patched``
+    is ``[cell, batch, vocab]`` at the query position and ``baseline`` the same copies unpatched
+    (a same-shaped forward): a copy whose ``row`` is the loop's own row equals it exactly, and
+    so does every copy of a model whose LoRA scales are zero.
+    """
+    model = require_openmythos(model)
+    ids = as_input_ids(input_ids, model)
+    n = check_n_loops(n_loops, model)
+    B, T = ids.shape
+    q = check_int("query", query, -T, T - 1) % T
+    R = model.recurrent.lora.scale.num_embeddings
+    own = torch.tensor([min(t, R - 1) for t in range(n)])
+    cells = pd.DataFrame([(t, r) for t in range(n) for r in range(R)], columns=["loop", "row"])
+    rows = own.view(n, 1).repeat(1, len(cells))
+    for c, (t, r) in enumerate(cells.itertuples(index=False)):
+        rows[t, c] = r
+    repeated = ids.repeat(len(cells), 1)
+    patched, _ = run(model, repeated, n_loops=n, visitors=[_RowScales(rows, B)],
+                     run_all_loops=True)  # fmt: skip
+    plain, _ = run(model, repeated, n_loops=n, run_all_loops=True)
+    shape = (len(cells), B, -1)
+    return cells, patched[:, q].reshape(shape).cpu(), plain[:, q].reshape(shape).cpu()
