@@ -33,12 +33,15 @@ def style(fig: go.Figure, height: int = HEIGHT) -> go.Figure:
     return fig
 
 
-def token_axis(fig: go.Figure, ids: Sequence[int], decode: Decode) -> go.Figure:
+def token_axis(
+    fig: go.Figure, ids: Sequence[int], decode: Decode, output_row: int | None = None
+) -> go.Figure:
     """Replace numeric positions on the x axis of a token × loop heatmap by decoded tokens, and
-    loop numbers on the y axis by ``loop <t>``; loop 0 on top."""
+    loop numbers on the y axis by ``loop <t>`` (row `output_row`, if given, by ``output``);
+    loop 0 on top."""
     for tr in fig.data:
         tr.x = token_labels([ids[int(p)] for p in tr.x], decode)
-        tr.y = [f"loop {int(t)}" for t in tr.y]
+        tr.y = ["output" if int(t) == output_row else f"loop {int(t)}" for t in tr.y]
     fig.update_xaxes(title=None)
     fig.update_yaxes(title=None, autorange="reversed")
     return style(fig)

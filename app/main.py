@@ -25,6 +25,7 @@ PAGES = [
     st.Page("views/trajectories.py", title="Trajectories", default=True),
     st.Page("views/experts.py", title="Experts"),
     st.Page("views/loops.py", title="Loops compared"),
+    st.Page("views/causal.py", title="Causal"),
     st.Page("views/lora.py", title="Depth-wise LoRA"),
     st.Page("views/compare.py", title="Compare"),
 ]

@@ -32,7 +32,7 @@ from mythos_lens.checkpoint import (
 from mythos_lens.errors import MythosLensError
 from mythos_lens.inputs import parse_token_ids
 from mythos_lens.interventions import AblateLora
-from mythos_lens.readouts import coda_lens, logit_lens, loop_step
+from mythos_lens.readouts import coda_lens, exit_states, logit_lens, loop_step
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
 from mythos_lens.trace import Trace
@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS_ENV = "MYTHOS_LENS_CHECKPOINTS"  # another folder of checkpoints (tests, your own runs)
 DEFAULT_CHECKPOINT = "pointer-lora-on"
 UPLOADS_ENV = "MYTHOS_LENS_UPLOADS"  # where uploads are kept (default: the system temp dir)
-LENSES = ("logit", "coda", "tuned")
+LENSES = ("exit", "logit", "coda", "tuned")  # exit: what a run stopped after step t outputs
 TUNED_LENS_EXAMPLES = 256  # training-split examples the tuned lens is fitted on
 TUNED_LENS_STEPS = 150
 
@@ -260,10 +260,13 @@ def tuned_lens_for(directory: str, mtime: float, n_loops: int) -> TunedLens:
 def lens_logits(
     directory: str, mtime: float, ids: Ids, n_loops: int, lens: str, ablate: tuple[int, ...] = ()
 ) -> torch.Tensor:
-    """Per-loop lens logits ``[loop, batch, pos, vocab]`` of ``resid_post``."""
+    """Per-loop lens logits ``[loop, batch, pos, vocab]``: the exit lens (the coda on the ACT sum
+    a run stopped after step t would hand it), or the logit / coda / tuned lens of h_t."""
     model = _load_model(directory, mtime)
     tr = trace_for(directory, mtime, ids, n_loops, ablate)
     h = tr["resid_post"]
+    if lens == "exit":
+        return apply_lens(exit_states(tr["act_weight"], h), coda_lens(model))
     if lens == "logit":
         return apply_lens(h, logit_lens(model))
     if lens == "coda":
@@ -293,6 +296,22 @@ def lens_frame(
         control_ids=None if control is None else torch.tensor(control),
         positions=tr.positions,
         lens=lens,
+    )
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def output_frame(
+    directory: str, mtime: float, ids: Ids, n_loops: int, targets: Ids | None = None
+) -> pd.DataFrame:
+    """``lens_table`` of the model's own output (one pseudo-loop): the reference row of the
+    trajectory heatmaps."""
+    tr = trace_for(directory, mtime, ids, n_loops)
+    return lens_table(
+        tr.logits.unsqueeze(0),
+        tr.logits,
+        target_ids=None if targets is None else torch.tensor(targets),
+        positions=tr.positions,
+        lens="output",
     )
 
 

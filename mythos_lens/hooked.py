@@ -3,11 +3,13 @@
 TransformerLens keeps only the last call of a HookPoint that fires several times per forward, so
 every loop step gets its own: ``recurrent.loop.{t}.hook_{site}`` for each loop site, plus
 ``prelude.{i}.hook_resid_post``, ``coda.{i}.hook_resid_post``, ``hook_embed``, ``hook_e``,
-``hook_act_out`` and ``hook_logits``. ``run_with_cache`` keeps every loop; ``run_with_hooks`` may
-edit any editable site (derived sites such as ``expert_ids`` are read-only).
+``hook_act_out`` and ``hook_logits``. With ``attention=True`` the attention patterns fire too:
+``recurrent.loop.{t}.hook_attn_pattern``, ``prelude.{i}.hook_attn_pattern``,
+``coda.{i}.hook_attn_pattern`` (``[batch, head, q, k]``, read-only). ``run_with_cache`` keeps
+every loop; ``run_with_hooks`` may edit any editable site (derived sites such as ``expert_ids``
+are read-only).
 
-Deliberately not mapped: attention patterns and individual experts' outputs inside the block (they
-are not sites of ours), and KV-cached generation.
+Deliberately not mapped: individual experts' outputs inside the block (not sites of ours).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from mythos_lens.capture import run
 from mythos_lens.errors import MythosLensError
 from mythos_lens.events import SiteEvent
 from mythos_lens.model import check_n_loops, require_openmythos
-from mythos_lens.sites import LOOP_SITES
+from mythos_lens.sites import ATTENTION_SITES, LOOP_SITES
 
 
 class _LoopHooks(nn.Module):
@@ -39,6 +41,7 @@ class _LayerHooks(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.hook_resid_post = HookPoint()
+        self.hook_attn_pattern = HookPoint()
 
 
 class HookedMythos(HookedRootModule):
@@ -49,10 +52,13 @@ class HookedMythos(HookedRootModule):
     would write names onto upstream modules): move the OpenMythos itself between devices.
     """
 
-    def __init__(self, model: OpenMythos, max_loops: int | None = None) -> None:
+    def __init__(
+        self, model: OpenMythos, max_loops: int | None = None, attention: bool = False
+    ) -> None:
         super().__init__()
         model = require_openmythos(model)
         object.__setattr__(self, "model", model)
+        self.attention = bool(attention)
         cfg = model.cfg
         n = max_loops if max_loops is not None else max(16, 2 * cfg.max_loop_iters)
         self.max_loops = check_n_loops(n, model)
@@ -70,7 +76,9 @@ class HookedMythos(HookedRootModule):
         if event.site in LOOP_SITES:
             return getattr(self.recurrent.loop[event.loop], f"hook_{event.site}")
         if event.layer is not None:
-            return getattr(self, event.site)[event.layer].hook_resid_post
+            group, _, attn = event.site.partition("_")  # "prelude" / "coda" / "coda_attn"
+            layer = getattr(self, group)[event.layer]
+            return layer.hook_attn_pattern if attn else layer.hook_resid_post
         return getattr(self, f"hook_{event.site}")
 
     def _visit(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor:
@@ -107,6 +115,7 @@ class HookedMythos(HookedRootModule):
             n_loops=n,
             visitors=[self._visit, *targets],
             run_all_loops=run_all_loops,
+            optional_sites=ATTENTION_SITES if self.attention else (),
         )
         return logits
 

@@ -60,3 +60,16 @@ def test_positions_select_query_rows(ids):
     frame = part.to_frame("attn_pattern")
     assert list(frame.columns) == ["loop", "batch", "head", "pos", "key", "value"]
     assert set(frame["pos"]) == {3, 9}
+
+
+def test_hooked_mythos_caches_attention_per_loop(ids):
+    from mythos_lens.hooked import HookedMythos
+
+    model = make_model("gqa_all_loops")
+    want = capture(model, ids, n_loops=3, sites=["attn_pattern", "coda_attn"])
+    _, cache = HookedMythos(model, attention=True).run_with_cache(ids, n_loops=3)
+    for t in range(3):
+        assert torch.equal(cache[f"recurrent.loop.{t}.hook_attn_pattern"], want["attn_pattern"][t])
+    assert torch.equal(cache["coda.0.hook_attn_pattern"], want["coda_attn"][0])
+    _, plain = HookedMythos(model).run_with_cache(ids, n_loops=3)
+    assert not any("attn" in k for k in plain)

@@ -6,7 +6,7 @@ from tiny_models import make_model
 
 from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError
-from mythos_lens.sites import LOOP_SITES
+from mythos_lens.sites import LOOP_SITES, OPTIONAL_SITES
 
 
 def reference_capture(model, ids, n_loops):
@@ -173,7 +173,7 @@ def test_site_position_dtype_selection(ids):
 def test_every_loop_site_has_a_loop_axis(ids):
     model = make_model("mla_all_loops")
     trace = capture(model, ids, n_loops=4)
-    assert set(trace.loop) == set(LOOP_SITES)
+    assert set(trace.loop) == set(LOOP_SITES) - OPTIONAL_SITES  # attention: opt-in
     for site, x in trace.loop.items():
         assert x.shape[:3] == (4, ids.shape[0], ids.shape[1]), site
 
@@ -214,6 +214,6 @@ def test_trace_stacks_each_site_once_on_first_read(ids):
     first = trace["resid_post"]
     assert first is trace.loop["resid_post"] is trace["resid_post"]  # stacked once, then kept
     assert first.shape == (3, *ids.shape, model.cfg.dim)
-    assert dict(trace.loop).keys() == set(LOOP_SITES)
+    assert dict(trace.loop).keys() == set(LOOP_SITES) - OPTIONAL_SITES
     trace.loop["resid_post"] = first * 0  # still a plain mapping for users who edit a trace
     assert bool((trace["resid_post"] == 0).all())

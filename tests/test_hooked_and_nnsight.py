@@ -9,7 +9,7 @@ from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError
 from mythos_lens.hooked import HookedMythos
 from mythos_lens.interventions import AblateLora, Patch
-from mythos_lens.sites import LOOP_SITES
+from mythos_lens.sites import LOOP_SITES, OPTIONAL_SITES
 
 N = 5
 
@@ -26,6 +26,8 @@ def test_run_with_cache_keeps_every_loop(model, ids):
     assert torch.equal(logits, trace.logits)
     for t in range(trace.n_loops):
         for site in LOOP_SITES:
+            if site in OPTIONAL_SITES:  # attention patterns: opt-in (HookedMythos(attention=True))
+                continue
             assert torch.equal(cache[f"recurrent.loop.{t}.hook_{site}"], trace[site][t]), site
     assert f"recurrent.loop.{trace.n_loops}.hook_resid_post" not in cache  # never ran
     assert torch.equal(cache["coda.0.hook_resid_post"], trace.layers["coda"][0])

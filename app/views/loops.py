@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import streamlit as st
+import torch
 
 from app import figures, state
 from app.sidebar import example_index
 from probes import plots
-from probes.convergence import exit_table, lens_kl_table, rho_A, step_table
+from probes.convergence import lens_kl_table, rho_A, step_table
+from probes.exits import exit_steps
 from probes.similarity import loop_deltas, loop_similarity_tables
 
 sel = state.current()
@@ -47,7 +49,7 @@ c1.plotly_chart(
     key="conv_steps",
 )
 if tr.n_loops >= 2:
-    lens = c2.radio("Lens for KL", ["coda", "logit"], horizontal=True, key="conv_lens")
+    lens = c2.radio("Lens for KL", ["exit", "coda", "logit"], horizontal=True, key="conv_lens")
     lg = state.lens_logits(*sel.key, sel.ids, sel.n_loops, lens)
     c2.plotly_chart(
         figures.style(
@@ -67,10 +69,14 @@ halt = plots.token_loop_heatmap(
 )  # fmt: skip
 figures.colours(halt, "Magma", zmin=0.0)
 c1.plotly_chart(figures.token_axis(halt, sel.ids[b], decode), key="act_map")
-if tr.n_loops >= 2:
-    lg = state.lens_logits(*sel.key, sel.ids, sel.n_loops, "coda")
-    ex = exit_table(tr["cum_halt_prob"], lg, thr, positions=tr.positions)
-    c2.dataframe(ex[ex["batch"] == b].drop(columns="batch"), hide_index=True, height=300)
+lg = state.lens_logits(*sel.key, sel.ids, sel.n_loops, "exit")
+targets = state.next_token_targets(sel)
+ex = exit_steps(lg, tr.logits, tr["resid_post"], h0=tr["e"], cum_halt_prob=tr["cum_halt_prob"],
+                act_threshold=thr, positions=tr.positions,
+                target_ids=None if targets is None else torch.tensor(targets))  # fmt: skip
+c2.caption("Exit step per token and rule (−1: never), on the exit lens; `settled`: the last "
+           "step that changes the output.")  # fmt: skip
+c2.dataframe(ex[ex["batch"] == b].drop(columns=["batch", "n_loops"]), hide_index=True, height=300)
 c2.metric("ρ(A) = max A (injection)", f"{rho_A(tr.params['injection_A']):.4f}")
 if c2.toggle("Local Jacobian spectral radius per loop", key="jac"):
     c2.dataframe(state.jacobian_spectrum(*sel.key, sel.ids, sel.n_loops, b), hide_index=True)

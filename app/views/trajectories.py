@@ -1,7 +1,9 @@
-"""Trajectories: what each loop step would predict, read with the logit, coda and tuned lens."""
+"""Trajectories: what each loop step would predict — the exit lens (what a run stopped after step
+t outputs), or the logit, coda and tuned lens of h_t — beside the model's actual output."""
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -31,18 +33,29 @@ st.caption(
 )
 
 c1, c2 = st.columns([1, 2])
-lens = c1.radio("Lens", state.LENSES, horizontal=True, key="lens")
+lens = c1.radio(
+    "Lens",
+    state.LENSES,
+    horizontal=True,
+    key="lens",
+    help="exit: the output of a run stopped after loop t (the coda reads the ACT sum so far); "
+    "logit / coda / tuned: read h_t itself.",
+)
 metric_names = [m for m in METRICS if targets is not None or "target" not in METRICS[m][0]]
 metric = c2.selectbox("Colour cells by", metric_names, key="traj_metric")
 col, scale, reverse = METRICS[metric]
 table = state.lens_frame(*sel.key, sel.ids, sel.n_loops, lens, targets)
-one = table[table["batch"] == b]
+n_run = int(table["loop"].max()) + 1
+output = state.output_frame(*sel.key, sel.ids, sel.n_loops, targets).assign(loop=n_run)
+one = pd.concat([table, output])
+one = one[one["batch"] == b]
 heat = plots.token_loop_heatmap(one, col, batch=b, title=f"{lens} lens: {metric}")
 figures.colours(
     heat, scale, reverse=reverse, **({"zmin": 0.0, "zmax": 1.0} if col == "top_1_prob" else {})
 )
 figures.top_token_hover(heat, one, decode, col)
-st.plotly_chart(figures.token_axis(heat, ids, decode), key="traj_heatmap")
+st.plotly_chart(figures.token_axis(heat, ids, decode, output_row=n_run), key="traj_heatmap")
+st.caption("The bottom row is the model's actual output, for reference.")
 
 st.subheader("Rank of one token, loop by loop")
 c1, c2, c3 = st.columns(3)
@@ -61,7 +74,9 @@ token_name = c1.selectbox("Token", list(choices), key="traj_token")
 position = c2.number_input(
     "Position", min_value=0, max_value=len(ids) - 1, value=len(ids) - 1, key="traj_pos"
 )
-lenses = c3.multiselect("Lenses", state.LENSES, default=["logit", "coda"], key="traj_lenses")
+lenses = c3.multiselect(
+    "Lenses", state.LENSES, default=["exit", "logit", "coda"], key="traj_lenses"
+)
 token = choices[token_name]
 control = tuple(tuple(token for _ in row) for row in sel.ids)
 title = f"rank of {decode(token)} at position {position} ({decode(ids[position])}), 0 = top-1"

@@ -267,6 +267,37 @@ class PointerTask:
             expected[t] = torch.where(live, slot, torch.full_like(slot, -1))
         return {"pair_positions": positions.clone(), "expected_pair": expected}
 
+    def corrupt(self, batch: TaskBatch, seed: int = 0) -> TaskBatch:
+        """The same examples with another start key, chosen (seeded) so that the answer changes
+        where any start gives a different answer: the corrupted run of activation patching.
+        Everything but the start, the answer and the hop entities is unchanged."""
+        rng = np.random.default_rng([int(seed), 7])
+        f, hops = batch.function.numpy(), batch.hops.numpy()
+        start = batch.start.numpy().copy()
+        B, E = f.shape
+        rows = np.arange(B)
+        ends = np.tile(np.arange(E), (B, 1))  # f^hops of every possible start, per example
+        for j in range(int(hops.max())):
+            ends = np.where((hops > j)[:, None], np.take_along_axis(f, ends, 1), ends)
+        answer = ends[rows, start]
+        new = start.copy()
+        for b in range(B):
+            others = [s for s in range(E) if s != start[b]]
+            differ = [s for s in others if ends[b, s] != answer[b]]
+            new[b] = rng.choice(differ or others)
+        ids = batch.input_ids.clone()
+        ids[:, -1] = torch.from_numpy(self.layout.key_id(new))
+        chain = np.full((B, self.max_hops), -1, dtype=np.int64)
+        cur = new.copy()
+        for j in range(int(hops.max())):
+            cur = f[rows, cur]
+            chain[hops > j, j] = cur[hops > j]
+        entity = chain[rows, hops - 1]
+        return TaskBatch(input_ids=ids, answer=torch.from_numpy(self.layout.value_id(entity)),
+                         answer_entity=torch.from_numpy(entity),
+                         hop_entities=torch.from_numpy(chain), hops=batch.hops.clone(),
+                         start=torch.from_numpy(new), function=batch.function.clone())  # fmt: skip
+
     # -- baselines -----------------------------------------------------------------------------
     def chance(self, batch: TaskBatch) -> dict[int, dict[str, float]]:
         """Chance accuracy per hop count present in `batch`.

@@ -12,7 +12,7 @@ from apphelpers import LOOPS, figure, figures, z
 from mythos_lens.capture import capture
 from mythos_lens.checkpoint import load_checkpoint, load_task
 from mythos_lens.interventions import AblateLora
-from mythos_lens.readouts import coda_lens, logit_lens
+from mythos_lens.readouts import coda_lens, exit_states, logit_lens
 from probes.lens import apply_lens, lens_table
 from probes.routing import random_overlap_baseline
 from probes.similarity import cka_matrix, loop_deltas
@@ -34,14 +34,21 @@ def test_opens_on_default_checkpoint_and_task_input(app, checkpoint_root):
     assert app.sidebar.number_input(key="n_loops").value == LOOPS
     assert app.sidebar.number_input(key="n_loops").label == "Loops (trained with 2–6)"
     assert not app.error
-    heat = figure(app, "logit lens")
-    _, batch, _ = reference(checkpoint_root)
+    # it opens on the exit lens: what a run stopped after each loop outputs, then the output
+    heat = figure(app, "exit lens")
+    model, batch, tr = reference(checkpoint_root)
     task = load_task(checkpoint_root / "pointer-lora-on")
     # x axis: the first example's tokens, decoded with the task's vocabulary
     assert heat["data"][0]["x"] == [
         f"{p}:{s}" for p, s in enumerate(task.decode(batch.input_ids[0]))
     ]
-    assert heat["data"][0]["y"] == [f"loop {t}" for t in range(LOOPS)]
+    assert heat["data"][0]["y"] == [f"loop {t}" for t in range(LOOPS)] + ["output"]
+    exit_lg = apply_lens(exit_states(tr["act_weight"], tr["resid_post"]), coda_lens(model))
+    want = lens_table(exit_lg, tr.logits)
+    want = want[want["batch"] == 0].pivot(index="loop", columns="pos", values="top_1_prob")
+    grid = z(heat)
+    np.testing.assert_allclose(grid[:-1], want.to_numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(grid[-2], grid[-1])  # the last exit is the output
 
 
 @pytest.mark.parametrize("lens", ["logit", "coda"])
@@ -52,7 +59,7 @@ def test_trajectory_heatmap_matches_lens_table(app, checkpoint_root, lens):
     want = want[want["batch"] == 0]
     app.radio(key="lens").set_value(lens).run()
     app.selectbox(key="traj_metric").set_value("KL(final ‖ lens), nats").run()
-    grid = z(figure(app, f"{lens} lens: KL"))
+    grid = z(figure(app, f"{lens} lens: KL"))[:-1]  # the last row is the output reference
     assert grid.shape == (LOOPS, batch.input_ids.shape[1])
     expect = want.pivot(index="loop", columns="pos", values="kl_final_lens").to_numpy()
     np.testing.assert_allclose(grid, expect, rtol=1e-5, atol=1e-6)
@@ -69,6 +76,7 @@ def test_trajectory_heatmap_matches_lens_table(app, checkpoint_root, lens):
 
 def test_answer_rank_heatmap_and_rank_lines(app, checkpoint_root):
     model, batch, tr = reference(checkpoint_root)
+    app.radio(key="lens").set_value("logit").run()
     app.selectbox(key="traj_metric").set_value(
         "rank of the target (answer at the last position)"
     ).run()
@@ -76,12 +84,12 @@ def test_answer_rank_heatmap_and_rank_lines(app, checkpoint_root):
     answer_rank = lens_table(lg, tr.logits, control_ids=batch.answer[:, None].expand(N, 18))
     want = answer_rank[(answer_rank["batch"] == 0) & (answer_rank["pos"] == 17)]
     grid = z(figure(app, "logit lens: rank of the target"))
-    np.testing.assert_array_equal(grid[:, -1], want.sort_values("loop")["control_rank"])
-    # the rank-trajectory chart defaults to the answer at the last position, logit + coda lens
+    np.testing.assert_array_equal(grid[:-1, -1], want.sort_values("loop")["control_rank"])
+    # the rank-trajectory chart defaults to the answer at the last position, exit/logit/coda
     lines = figure(app, "rank of v")
-    assert [t["name"] for t in lines["data"]] == ["logit", "coda"]
+    assert [t["name"] for t in lines["data"]] == ["exit", "logit", "coda"]
     np.testing.assert_array_equal(
-        np.asarray(lines["data"][0]["y"]), want.sort_values("loop")["control_rank"]
+        np.asarray(lines["data"][1]["y"]), want.sort_values("loop")["control_rank"]
     )
     # another token and position
     task = load_task(checkpoint_root / "pointer-lora-on")
@@ -100,13 +108,14 @@ def test_answer_rank_heatmap_and_rank_lines(app, checkpoint_root):
 def test_n_loops_beyond_training_and_example_choice(app, checkpoint_root):
     app.sidebar.number_input(key="n_loops").set_value(7).run()
     assert not app.exception and not app.error
+    app.radio(key="lens").set_value("logit").run()
     heat = figure(app, "logit lens")
-    assert len(heat["data"][0]["y"]) == 7
+    assert len(heat["data"][0]["y"]) == 7 + 1
     model, batch, tr = reference(checkpoint_root, n_loops=7)
     app.sidebar.number_input(key="example").set_value(3).run()
     want = lens_table(apply_lens(tr["resid_post"], logit_lens(model)), tr.logits)
     want = want[want["batch"] == 3].pivot(index="loop", columns="pos", values="top_1_prob")
-    np.testing.assert_allclose(z(figure(app, "logit lens")), want.to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(z(figure(app, "logit lens"))[:-1], want.to_numpy(), rtol=1e-5)
 
 
 def test_task_controls_change_the_input(app, checkpoint_root):
@@ -116,7 +125,7 @@ def test_task_controls_change_the_input(app, checkpoint_root):
     app.sidebar.selectbox(key="split").set_value("train").run()
     app.sidebar.number_input(key="n_examples").set_value(4).run()
     ids = task.generate(4, "train", seed=9, hops=[5]).input_ids[0]
-    x = figure(app, "logit lens")["data"][0]["x"]
+    x = figure(app, "exit lens")["data"][0]["x"]
     assert x == [f"{p}:{s}" for p, s in enumerate(task.decode(ids))]
     assert "h5" in x[-2]
 
@@ -124,7 +133,7 @@ def test_task_controls_change_the_input(app, checkpoint_root):
 def test_tuned_lens(app, checkpoint_root):
     app.radio(key="lens").set_value("tuned").run()
     assert not app.exception, app.exception
-    grid = z(figure(app, "tuned lens"))
+    grid = z(figure(app, "tuned lens"))[:-1]
     assert grid.shape == (LOOPS, 18)
     assert np.isfinite(grid).all() and (grid > 0).all() and (grid <= 1).all()
 
@@ -175,7 +184,7 @@ def test_loops_page(app, checkpoint_root):
     np.testing.assert_allclose(biased, cka_matrix(tr["block_out"], "biased"))
     steps = figure(app, "Step of the carried state")
     assert {t["name"] for t in steps["data"]} == {"rel_step", "cos_prev_step"}
-    kl = figure(app, "KL(p_(t-1) ‖ p_t), coda lens")
+    kl = figure(app, "KL(p_(t-1) ‖ p_t), exit lens")
     assert sorted(set(np.asarray(kl["data"][0]["x"]).tolist())) == list(range(1, LOOPS))
     halt = z(figure(app, "Cumulative halting probability"))
     np.testing.assert_allclose(halt, tr["cum_halt_prob"][:, 0].numpy(), rtol=1e-5)
@@ -254,6 +263,7 @@ def test_typed_ids(app, checkpoint_root):
     app.sidebar.radio(key="input_source").set_value("Token ids").run()
     app.sidebar.text_area(key="ids_text").set_value("1 10 2 12, 17 3\n2 9 1 11 18 1").run()
     assert not app.exception and not app.error
+    app.radio(key="lens").set_value("logit").run()
     heat = figure(app, "logit lens")
     assert heat["data"][0]["x"] == ["0:k0", "1:v1", "2:k1", "3:v3", "4:h1", "5:k2"]
     # no answer for typed ids: the target metric is not offered
@@ -263,7 +273,7 @@ def test_typed_ids(app, checkpoint_root):
                  n_loops=LOOPS, run_all_loops=True)  # fmt: skip
     want = lens_table(apply_lens(tr["resid_post"], logit_lens(model)), tr.logits)
     want = want[want["batch"] == 0].pivot(index="loop", columns="pos", values="top_1_prob")
-    np.testing.assert_allclose(z(heat), want.to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(z(heat)[:-1], want.to_numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -290,7 +300,7 @@ def test_impossible_loop_count_shows_an_error(app):
     assert not app.exception, app.exception
     assert "n_loops" in app.error[0].value and not app.get("plotly_chart")
     app.sidebar.number_input(key="n_loops").set_value(2).run()
-    assert not app.error and len(figure(app, "logit lens")["data"][0]["y"]) == 2
+    assert not app.error and len(figure(app, "exit lens")["data"][0]["y"]) == 2 + 1
 
 
 def test_bad_upload_shows_an_error(app, checkpoint_root, tmp_path, monkeypatch):
@@ -326,3 +336,41 @@ def test_good_upload_becomes_the_checkpoint(app, checkpoint_root):
     assert name.startswith("upload:model-")
     app.switch_page("views/lora.py").run()
     assert np.isnan(z(figure(app, "Cosine between per-loop LoRA scale"))).all()
+
+
+def test_causal_page(app, checkpoint_root):
+    from mythos_lens.patching import patch_sweep
+    from probes.effective_depth import effective_depth, loops_that_matter
+    from probes.patching import patch_effects, sweep_table
+
+    model, batch, tr = reference(checkpoint_root)
+    app.switch_page("views/causal.py").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    # effective depth at the last position, over every input of the selection
+    exit_lg = apply_lens(exit_states(tr["act_weight"], tr["resid_post"]), coda_lens(model))
+    depth = effective_depth(exit_lg[:, :, -1:], tr.logits[:, -1:])
+    want = loops_that_matter(depth, LOOPS)
+    fig = figure(app, "loops at position 17")
+    needing = [t for t in fig["data"] if t["name"] == "tokens needing loop t"][0]
+    np.testing.assert_allclose(np.asarray(needing["y"]), want["share_needing"])
+    # attention of the query at loop 1, every head, with the hop-2 pair outlined
+    app.slider(key="attn_loop").set_value(1).run()
+    heads = figure(app, "loop 1: attention of position 17")
+    pat = capture(model, batch.input_ids, n_loops=LOOPS, run_all_loops=True,
+                  sites=["attn_pattern"])["attn_pattern"]  # fmt: skip
+    np.testing.assert_allclose(z(heads), pat[1, 0, :, 17, :].numpy(), rtol=1e-5)
+    task = load_task(checkpoint_root / "pointer-lora-on")
+    truth = task.pair_truth(batch, LOOPS)
+    pair = int(truth["expected_pair"][1, 0])
+    outlined = sorted(int(s["x0"] + 0.5) for s in heads["layout"]["shapes"])
+    assert outlined == truth["pair_positions"][0, pair].tolist()
+    # the patching map of example 0: corrupted start key, denoising h_t
+    corrupt = task.corrupt(batch, seed=0).input_ids
+    res = patch_sweep(model, batch.input_ids[:1], corrupt[:1], n_loops=LOOPS)
+    table = sweep_table(res.cells, patch_effects(res.patched, res.baseline, res.source))
+    grid = table.pivot(index="loop", columns="pos", values="restored").to_numpy()
+    np.testing.assert_allclose(
+        z(figure(app, "resid_post, denoise")), grid, rtol=1e-5, equal_nan=True
+    )
+    app.selectbox(key="patch_site").set_value("lora_delta").run()
+    assert not app.exception and figure(app, "lora_delta, denoise")
