@@ -24,6 +24,9 @@ import torch  # noqa: E402
 
 from mythos_lens.capture import capture  # noqa: E402
 from mythos_lens.model import build_model, tiny_config  # noqa: E402
+from mythos_lens.sites import ALL_SITES, OPTIONAL_SITES  # noqa: E402
+
+DEFAULT_SITES = [s for s in ALL_SITES if s not in OPTIONAL_SITES]
 
 BENCH_CONFIG = dict(
     vocab_size=512, dim=256, n_heads=8, n_kv_heads=2, max_seq_len=64, max_loop_iters=8,
@@ -54,19 +57,24 @@ def main() -> None:
             trace[site]
         return trace.logits
 
+    def with_attention() -> torch.Tensor:
+        # every default site plus the shared block's attention pattern at every loop
+        return capture(model, ids, n_loops=8, sites=[*DEFAULT_SITES, "attn_pattern"]).logits
+
     def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
     assert torch.equal(plain(), full()) and torch.equal(plain(), full_read())
+    assert torch.equal(plain(), with_attention())
     for _ in range(5):
-        timed(plain), timed(full), timed(full_read)
-    t_plain, t_cap, t_read, r_cap, r_read = [], [], [], [], []
-    for _ in range(args.pairs):  # A B C A B C ...: each ratio against the plain run beside it
-        a, b, c = timed(plain), timed(full), timed(full_read)
-        t_plain.append(a), t_cap.append(b), t_read.append(c)
-        r_cap.append(b / a), r_read.append(c / a)
+        timed(plain), timed(full), timed(full_read), timed(with_attention)
+    t_plain, t_cap, t_read, t_attn, r_cap, r_read, r_attn = [], [], [], [], [], [], []
+    for _ in range(args.pairs):  # A B C D A B C D ...: each ratio against the plain run beside it
+        a, b, c, d = timed(plain), timed(full), timed(full_read), timed(with_attention)
+        t_plain.append(a), t_cap.append(b), t_read.append(c), t_attn.append(d)
+        r_cap.append(b / a), r_read.append(c / a), r_attn.append(d / a)
     med = statistics.median
     print(f"plain forward                  median {med(t_plain) * 1e3:7.1f} ms")
     print(
@@ -74,6 +82,9 @@ def main() -> None:
     )
     print(
         f"  + every site read ([loop,..]) median {med(t_read) * 1e3:7.1f} ms  ratio {med(r_read):.3f}"
+    )
+    print(
+        f"  + attention pattern per loop  median {med(t_attn) * 1e3:7.1f} ms  ratio {med(r_attn):.3f}"
     )
     print(f"({args.pairs} paired runs; ratios are medians of per-pair ratios)")
 

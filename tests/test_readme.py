@@ -68,3 +68,12 @@ def test_python_version_agrees_everywhere():
     older = f"{readme.split('.')[0]}.{int(readme.split('.')[1]) - 1}"
     assert all(readme + ".0" in s for s in needs.values()), needs  # every pin runs on it
     assert any(older + ".99" not in s for s in needs.values()), needs  # and some need it
+
+
+def test_causal_example_runs():
+    capture_block = next(b for b in _python_blocks() if "AblateLora" in b)
+    causal_block = next(b for b in _python_blocks() if "effective_depth" in b)
+    scope: dict = {}
+    exec(compile(capture_block + causal_block, "README.md", "exec"), scope)
+    assert tuple(scope["depth"].shape) == (2, 12)
+    assert torch.equal(scope["exit_logits"][-1], scope["tr"].logits)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from app import figures, state
+from app import causal, figures, state
 from app.sidebar import example_index
 from probes import plots
 from probes.convergence import lens_kl_table, rho_A, step_table
+from probes.effective_depth import mark_loops
 from probes.exits import exit_steps
 from probes.similarity import loop_deltas, loop_similarity_tables
 
@@ -20,9 +21,17 @@ model = state.model_for(sel.directory)
 
 st.header("Loops compared")
 n_tok = len(sel.ids) * len(sel.ids[0])
-kind = st.radio(
+c1, c2 = st.columns([2, 1])
+kind = c1.radio(
     "CKA estimator", ["debiased", "biased", "minibatch"], horizontal=True, key="cka_kind"
 )
+depth = causal.depth_tables(*sel.key, sel.ids, sel.n_loops, -1, state.next_token_targets(sel))
+matters = depth["matters"]
+used = set(matters[matters["matters"]]["loop"].tolist())
+only = c2.toggle("Only loops that matter", key="only_matter",
+                 help="Loops whose removal changes some output at the last position "
+                 "(Causal page, effective depth); the others describe unused states.")  # fmt: skip
+c2.caption(f"Loops that matter: {sorted(used)} of {tr.n_loops}.")
 st.caption(
     f"Linear CKA over {n_tok} tokens (d = {model.cfg.dim}). h_t carries B·e at every loop, which "
     "inflates its similarity: compare the steps Δh_t and the block output too."
@@ -33,6 +42,9 @@ sites = {
     "block output": tr["block_out"],
 }
 cka = loop_similarity_tables(sites, kind)
+if only:
+    cka = mark_loops(cka, matters)
+    cka = cka[cka["loop_matters"]].drop(columns="loop_matters")
 cols = st.columns(3)
 for col, (site, d) in zip(cols, cka.groupby("site", sort=False), strict=True):
     fig = plots.loop_loop_heatmap(d, title=f"CKA ({kind}): {site}")
@@ -42,6 +54,8 @@ for col, (site, d) in zip(cols, cka.groupby("site", sort=False), strict=True):
 st.subheader("Convergence")
 c1, c2 = st.columns(2)
 steps = step_table(tr["resid_post"], tr.stream["e"], tr.positions)
+if only:
+    steps = steps[steps["loop"].isin(used)]
 c1.plotly_chart(
     figures.style(
         plots.convergence_curves(steps, title="Step of the carried state (median, IQR over tokens)")

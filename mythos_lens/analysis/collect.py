@@ -9,17 +9,17 @@ the query position for the probes, load and LoRA-size tables.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import torch
 from open_mythos.main import OpenMythos
 
+from mythos_lens.analysis.causal import CausalCollector
+from mythos_lens.analysis.sums import Sums
 from mythos_lens.capture import capture, run
 from mythos_lens.errors import MythosLensError
 from mythos_lens.interventions import AblateLora, SetLoraScale
-from mythos_lens.readouts import coda_lens, logit_lens, loop_step
+from mythos_lens.readouts import coda_lens, exit_states, logit_lens, loop_step
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
 from probes.convergence import lens_kl_table, spectral_radius, step_table
@@ -30,41 +30,11 @@ from probes.routing import (
 )
 from probes.similarity import StreamingCKA, loop_deltas
 
-CAPTURE_SITES = ["resid_post", "block_out", "block_in", "lora_delta", "expert_ids", "e"]
+CAPTURE_SITES = ["resid_post", "block_out", "block_in", "lora_delta", "expert_ids", "e",
+                 "act_weight", "cum_halt_prob"]  # fmt: skip
 
 
 CKA_SITES = ("resid_post", "delta_h", "block_out")
-
-
-def _wmean() -> list[float]:
-    return [0.0, 0.0]
-
-
-@dataclass
-class _Sums:
-    """Weighted sums ``key -> [Σ w·v, Σ w]`` of per-batch means (NaN values skipped)."""
-
-    acc: dict[tuple, list[float]] = field(default_factory=lambda: defaultdict(_wmean))
-
-    def add(self, key: tuple, value: float, weight: float) -> None:
-        if value is None or not np.isfinite(value):
-            return
-        s = self.acc[key]
-        s[0] += float(value) * weight
-        s[1] += weight
-
-    def add_table(self, df: pd.DataFrame, keys: list[str], value: str, weight: float) -> None:
-        """Add the per-group mean of ``value`` (NaN ignored), weighted by ``weight`` × rows."""
-        g = df.groupby(keys, sort=True)[value]
-        means, counts = g.mean(), g.count()
-        for k, v in means.items():
-            n = counts[k]
-            if n:
-                self.add(k if isinstance(k, tuple) else (k,), float(v), weight * n)
-
-    def frame(self, names: list[str]) -> pd.DataFrame:
-        rows = [(*k, s[0] / s[1], s[1]) for k, s in sorted(self.acc.items()) if s[1] > 0]
-        return pd.DataFrame(rows, columns=[*names, "value", "n"])
 
 
 class Collector:
@@ -87,8 +57,10 @@ class Collector:
         seed: int,
         spectral_examples: int = 4,
         spectral_iters: int = 30,
+        patch_examples: int = 0,
     ) -> None:
         self.model = model
+        self.causal = CausalCollector(model, n_loops, patch_examples)
         self.spectral_examples = spectral_examples
         self.spectral_iters = spectral_iters
         self.n_loops = n_loops
@@ -98,11 +70,11 @@ class Collector:
         cfg = model.cfg
         self.E, self.k, self.d = cfg.n_experts, cfg.n_experts_per_tok, cfg.dim
         self.cka = {s: StreamingCKA(n_loops, self.d, "debiased") for s in CKA_SITES}
-        self.router = _Sums()
-        self.lens = _Sums()
-        self.conv = _Sums()
-        self.ablation = _Sums()
-        self.accuracy = _Sums()
+        self.router = Sums()
+        self.lens = Sums()
+        self.conv = Sums()
+        self.ablation = Sums()
+        self.accuracy = Sums()
         self.buffer: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.kept = 0
         self.n_seen = 0
@@ -115,7 +87,8 @@ class Collector:
         self, ids: torch.Tensor, batch: TaskBatch | None, task: PointerTask | None, index: int
     ) -> None:
         """Add one batch ``ids [B, T]`` (with its labels ``batch`` when known)."""
-        tr = capture(self.model, ids, n_loops=self.n_loops, sites=CAPTURE_SITES, run_all_loops=True)
+        sites = CAPTURE_SITES + (["attn_pattern"] if hasattr(task, "pair_truth") else [])
+        tr = capture(self.model, ids, n_loops=self.n_loops, sites=sites, run_all_loops=True)
         if tr.n_loops != self.n_loops:
             raise MythosLensError(f"{tr.n_loops} loops ran", f"{self.n_loops}")
         B, T = ids.shape
@@ -135,7 +108,9 @@ class Collector:
         target = batch.answer.view(B, 1) if batch is not None else None
         final = tr.logits[:, q : q + 1]
         hq = h[:, :, q : q + 1]
+        exit_lg = apply_lens(exit_states(tr["act_weight"], h), self._readouts["coda"])
         lens_logits = {
+            "exit": exit_lg[:, :, q : q + 1],
             "logit": apply_lens(hq, self._readouts["logit"]),
             "coda": apply_lens(h, self._readouts["coda"])[:, :, q : q + 1],
         }
@@ -150,8 +125,10 @@ class Collector:
                 self.lens.add_table(tab.assign(metric=m), ["lens", "loop", "metric"], m, 1.0)
         steps = step_table(hq, e[:, q : q + 1])
         self.conv.add_table(steps, ["loop", "metric"], "value", 1.0)
-        kl = lens_kl_table(lens_logits["coda"]).assign(metric="kl_prev_coda")
-        self.conv.add_table(kl, ["loop", "metric"], "value", 1.0)
+        for name in ("coda", "exit"):
+            kl = lens_kl_table(lens_logits[name]).assign(metric=f"kl_prev_{name}")
+            self.conv.add_table(kl, ["loop", "metric"], "value", 1.0)
+        self.causal.update(tr, ids, batch, task, q, exit_lg)
 
         self._ablate(ids, final, target, q, B)
         if target is not None:

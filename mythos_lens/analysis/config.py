@@ -30,6 +30,7 @@ class AnalyzeConfig:
     depth_loops: list[int] | None = None  # accuracy vs n_loops; default 1 … 2·n_loops
     depth_hops: list[int] | None = None  # default 1 … task.max_hops
     depth_examples: int = 128  # per (hops, n_loops) cell
+    patch_examples: int = 32  # task examples for the patching sweep and LoRA cross-patching
     spectral_examples: int = 4
     spectral_iters: int = 30
     blas_threads: int = 1  # BLAS threads for the probes' fits (small problems: 1 is fastest)
@@ -39,6 +40,7 @@ class AnalyzeConfig:
         """Every field is checked here, so a bad value fails before any work (CLI and library)."""
         for name, lo in (("n_examples", 1), ("batch_size", 1), ("seed", 0),
                          ("probe_examples", 0), ("probe_splits", 2), ("depth_examples", 1),
+                         ("patch_examples", 0),
                          ("spectral_examples", 1), ("spectral_iters", 2),
                          ("blas_threads", 1)):  # fmt: skip
             setattr(self, name, check_int(name, getattr(self, name), lo))

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from mythos_lens.analysis.causal_summary import causal_figures, causal_statements
 from mythos_lens.analysis.columns import TABLE_COLUMNS
 from mythos_lens.analysis.summary import (
     adjacent_pairs,
@@ -157,9 +158,10 @@ def build_report(
     if summary is None:
         summary = []
         for ck in names:
-            summary += [f"<b>{html.escape(ck)}</b>: {html.escape(s)}"
-                        for s in summarize_checkpoint(tables, ck)]  # fmt: skip
-    figs = report_figures(tables) if figures is None else figures
+            # which loops matter comes first: it says which per-loop numbers mean anything
+            said = causal_statements(tables, ck) + summarize_checkpoint(tables, ck)
+            summary += [f"<b>{html.escape(ck)}</b>: {html.escape(s)}" for s in said]
+    figs = causal_figures(tables) + report_figures(tables) if figures is None else figures
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -181,7 +183,7 @@ def build_report(
         parts.append(f"<figure class='fig'>{div}<figcaption>{html.escape(caption)}"
                      "</figcaption></figure>")  # fmt: skip
     parts.append("</section><section id='tables'><h2>Key tables</h2>")
-    for name in ("accuracy", "ablation"):
+    for name in ("accuracy", "effective_depth", "exit_rules", "ablation"):
         if name in tables and len(tables[name]):
             parts.append(f"<h3>{name}</h3>{_html_table(tables[name])}")
     parts.append("<h3>columns of every table</h3><ul>")

@@ -54,7 +54,7 @@ def analyze_model(
     torch.manual_seed(cfg.seed)
     ids = inputs.input_ids
     col = Collector(model, n_loops, cfg.position, cfg.probe_examples, cfg.seed,
-                    cfg.spectral_examples, cfg.spectral_iters)  # fmt: skip
+                    cfg.spectral_examples, cfg.spectral_iters, cfg.patch_examples)  # fmt: skip
     starts = list(range(0, len(ids), cfg.batch_size))
     bar = tqdm(starts, desc=f"{name}: batches", leave=False, disable=not cfg.progress)
     for i, s in enumerate(bar):

@@ -15,6 +15,7 @@ from mythos_lens.analysis.config import AnalyzeConfig
 from mythos_lens.evaluate import depth_accuracy
 from mythos_lens.tasks.pointer import PointerTask
 from probes.convergence import rho_A
+from probes.effective_depth import mark_loops
 from probes.linear import hop_matrix, loop_channels, probe, probe_loop_index, summarize
 from probes.lora import lora_delta_ratio, lora_scale_cosine
 from probes.routing import (
@@ -103,7 +104,7 @@ def collector_tables(col: Collector, model: OpenMythos, cfg: AnalyzeConfig, name
 
     lens = col.lens.frame(["lens", "loop", "metric"])
     lens.insert(0, "checkpoint", name)
-    tables["lens"] = lens[list(TABLE_COLUMNS["lens"])]
+    tables["lens"] = lens
 
     conv = col.conv.frame(["loop", "metric"]).drop(columns="n")
     params = {"injection_A": model.recurrent.injection.get_A().detach()}
@@ -152,7 +153,16 @@ def collector_tables(col: Collector, model: OpenMythos, cfg: AnalyzeConfig, name
     tables["lora_cosine"] = cos
 
     tables["probes"] = probe_tables(col, cfg, name)
-    return {k: (v[list(TABLE_COLUMNS[k])] if k in TABLE_COLUMNS else v) for k, v in tables.items()}
+    tables.update(col.causal.tables(name))
+    matters = col.causal.matters()
+    for k in LOOP_TABLES:
+        tables[k] = mark_loops(tables[k], matters)
+    return {k: v.reindex(columns=list(TABLE_COLUMNS[k])) for k, v in tables.items()}
+
+
+# Tables with a loop axis: each gets ``loop_matters`` (does any token need that loop?).
+LOOP_TABLES = ("cka", "router", "lens", "convergence", "ablation", "load", "lora", "probes",
+               "attention_reads", "patching")  # fmt: skip
 
 
 def depth_table(

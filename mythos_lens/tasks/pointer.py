@@ -19,6 +19,7 @@ Token layout (``PointerLayout``), with ``E`` entities and ``H`` hop tokens::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -270,8 +271,8 @@ class PointerTask:
     def corrupt(self, batch: TaskBatch, seed: int = 0) -> TaskBatch:
         """The same examples with another start key, chosen (seeded) so that the answer changes
         where any start gives a different answer: the corrupted run of activation patching.
-        Everything but the start, the answer and the hop entities is unchanged."""
-        rng = np.random.default_rng([int(seed), 7])
+        Everything but the start, the answer and the hop entities is unchanged. The choice
+        depends only on `seed` and the example's own tokens, not on the rest of the batch."""
         f, hops = batch.function.numpy(), batch.hops.numpy()
         start = batch.start.numpy().copy()
         B, E = f.shape
@@ -281,7 +282,10 @@ class PointerTask:
             ends = np.where((hops > j)[:, None], np.take_along_axis(f, ends, 1), ends)
         answer = ends[rows, start]
         new = start.copy()
+        rows_np = batch.input_ids.numpy().astype("<i8")
         for b in range(B):
+            digest = hashlib.blake2b(rows_np[b].tobytes(), digest_size=8).digest()
+            rng = np.random.default_rng([int(seed), int.from_bytes(digest, "little")])
             others = [s for s in range(E) if s != start[b]]
             differ = [s for s in others if ends[b, s] != answer[b]]
             new[b] = rng.choice(differ or others)

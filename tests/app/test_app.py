@@ -374,3 +374,16 @@ def test_causal_page(app, checkpoint_root):
     )
     app.selectbox(key="patch_site").set_value("lora_delta").run()
     assert not app.exception and figure(app, "lora_delta, denoise")
+
+
+def test_loops_page_filters_loops_that_do_not_matter(app, checkpoint_root):
+    from probes.effective_depth import effective_depth, loops_that_matter
+
+    model, _, tr = reference(checkpoint_root)
+    exit_lg = apply_lens(exit_states(tr["act_weight"], tr["resid_post"]), coda_lens(model))
+    m = loops_that_matter(effective_depth(exit_lg[:, :, -1:], tr.logits[:, -1:]), LOOPS)
+    used = m[m["matters"]]["loop"].tolist()
+    app.switch_page("views/loops.py").run()
+    app.toggle(key="only_matter").set_value(True).run()
+    assert not app.exception
+    assert z(figure(app, "CKA (debiased): Δh_t")).shape == (len(used), len(used))

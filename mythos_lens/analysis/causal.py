@@ -1,0 +1,156 @@
+"""The causal half of an analysis: which loops reach the output, what each loop reads, what each
+loop causes — streamed per batch beside :class:`~mythos_lens.analysis.collect.Collector`.
+
+At the query position, per batch: ACT weights and shares, the effect of stopping after each
+loop (exit lens vs the full output), effective depths (a histogram), exit rules, and — for task
+inputs — attention on the ground-truth pairs. On the first ``patch_examples`` task examples:
+a loop × position patching sweep of h_t (clean start key vs a corrupted one, denoising) and the
+LoRA cross-patch matrix (loop t computed with scale row t′).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mythos_lens.analysis.sums import Sums
+from mythos_lens.patching import lora_cross_patch, patch_sweep
+from mythos_lens.tasks.base import TaskBatch
+from mythos_lens.trace import Trace
+from probes.attention import pair_read_summary, pair_reads
+from probes.effective_depth import (
+    act_share_table,
+    effective_depth,
+    loops_that_matter,
+    stop_effect_table,
+)
+from probes.exits import exit_rule_summary, exit_steps
+from probes.lora import ablation_effects
+from probes.patching import patch_effects
+
+DEPTH_METRICS = {
+    "act_weight": "act_weight", "share": "act_share", "share_from_here": "share_from_here",
+    "weight_sum": "weight_sum", "kl_full_exit": "kl_full_exit", "same_top1": "same_top1",
+    "exit_correct": "exit_accuracy", "full_correct": "full_accuracy",
+}  # fmt: skip
+PATCH_METRICS = ("restored", "flipped", "logit_diff", "delta_kl")
+PATCH_CHUNK = 8
+
+
+class CausalCollector:
+    """Per-batch causal instruments of one model at the query position (bounded memory)."""
+
+    def __init__(self, model: Any, n_loops: int, patch_examples: int) -> None:
+        self.model = model
+        self.n_loops = n_loops
+        self.patch_examples = patch_examples
+        self.depth = Sums()
+        self.depth_counts = np.zeros(n_loops + 1, dtype=np.int64)
+        self.exits: list[pd.DataFrame] = []
+        self.reads = Sums()
+        self.patch = Sums()
+        self.cross = Sums()
+        self.patched = 0
+
+    def update(
+        self,
+        tr: Trace,
+        ids: torch.Tensor,
+        batch: TaskBatch | None,
+        task: Any,
+        q: int,
+        exit_logits: torch.Tensor,
+    ) -> None:
+        """Add one batch: its trace (every position, every loop), ids ``[B, T]``, labels, the
+        query position and the exit-lens logits ``[loop, B, T, vocab]``."""
+        B = ids.shape[0]
+        sl = slice(q, q + 1)
+        target = None if batch is None else batch.answer.view(B, 1)
+        ex, final = exit_logits[:, :, sl], tr.logits[:, sl]
+        tables = [act_share_table(tr["act_weight"][:, :, sl]),
+                  stop_effect_table(ex, final, target_ids=target)]  # fmt: skip
+        for tab in tables:
+            for col, name in DEPTH_METRICS.items():
+                if col in tab.columns:
+                    self.depth.add_table(tab.assign(metric=name, v=tab[col].astype(float)),
+                                         ["loop", "metric"], "v", 1.0)  # fmt: skip
+        d = effective_depth(ex, final).reshape(-1)
+        self.depth_counts += np.bincount(d.numpy(), minlength=self.n_loops + 1)
+        self.exits.append(exit_steps(
+            ex, final, tr["resid_post"][:, :, sl], h0=tr["e"][:, sl],
+            cum_halt_prob=tr["cum_halt_prob"][:, :, sl],
+            act_threshold=float(self.model.cfg.act_threshold), target_ids=target,
+        ))  # fmt: skip
+        if batch is None or task is None:
+            return
+        if "attn_pattern" in tr and hasattr(task, "pair_truth"):
+            truth = task.pair_truth(batch, tr.n_loops)
+            s = pair_read_summary(pair_reads(tr["attn_pattern"], truth["pair_positions"],
+                                             truth["expected_pair"], query=q))  # fmt: skip
+            for r in s.itertuples(index=False):
+                for m in ("top_is_expected", "expected_mass", "top_mass", "chance_mass"):
+                    self.reads.add((r.loop, r.head, m), getattr(r, m), float(r.n))
+        room = self.patch_examples - self.patched
+        if room > 0 and hasattr(task, "corrupt"):
+            # a sweep repeats each example loops × positions times: a few examples at a time
+            for start in range(0, min(room, B), PATCH_CHUNK):
+                keep = torch.zeros(B, dtype=torch.bool)
+                keep[start : min(room, B, start + PATCH_CHUNK)] = True
+                self._patch(ids[keep], batch.select(keep), task, q)
+
+    def _patch(self, ids: torch.Tensor, batch: TaskBatch, task: Any, q: int) -> None:
+        n = ids.shape[0]
+        corrupt = task.corrupt(batch, seed=0)
+        res = patch_sweep(self.model, ids, corrupt.input_ids, n_loops=self.n_loops, query=q)
+        eff = patch_effects(res.patched, res.baseline, res.source, batch.answer, corrupt.answer)
+        eff = eff.merge(res.cells.reset_index(names="cell"), on="cell")
+        for m in PATCH_METRICS:
+            self.patch.add_table(eff.assign(metric=m, v=eff[m].astype(float)),
+                                 ["loop", "pos", "metric"], "v", 1.0)  # fmt: skip
+        cells, patched, base = lora_cross_patch(self.model, ids, n_loops=self.n_loops, query=q)
+        target = batch.answer.view(n, 1)
+        for c, (t, r) in enumerate(cells.itertuples(index=False)):
+            tab = ablation_effects(base[c].unsqueeze(1), {0: patched[c].unsqueeze(1)}, target)
+            for row in tab.itertuples(index=False):
+                self.cross.add((t, r, row.metric), row.value, float(n))
+        self.patched += n
+
+    # -- tables -------------------------------------------------------------------------------
+    def matters(self) -> pd.DataFrame:
+        """``loop, share_needing, matters`` from the histogram of effective depths."""
+        depths = np.repeat(np.arange(self.n_loops + 1), self.depth_counts)
+        return loops_that_matter(torch.from_numpy(depths), self.n_loops)
+
+    def tables(self, name: str) -> dict[str, pd.DataFrame]:
+        """``effective_depth``, ``exit_rules``, ``attention_reads``, ``patching`` and
+        ``lora_cross`` for checkpoint `name` (columns in ``analysis.columns``)."""
+        out: dict[str, pd.DataFrame] = {}
+        long = self.depth.frame(["loop", "metric"])
+        wide = long.pivot(index="loop", columns="metric", values="value").reset_index()
+        wide = wide.merge(self.matters(), on="loop", how="left")
+        wide["n"] = int(self.depth_counts.sum())
+        out["effective_depth"] = wide.assign(checkpoint=name)
+        steps = pd.concat(self.exits, ignore_index=True)
+        out["exit_rules"] = exit_rule_summary(steps).assign(checkpoint=name, n=len(steps))
+        reads = self.reads.frame(["loop", "head", "metric"])
+        if len(reads):
+            n = reads.groupby(["loop", "head"])["n"].first()
+            reads = reads.pivot_table(index=["loop", "head"], columns="metric", values="value")
+            reads = reads.join(n).reset_index()
+        out["attention_reads"] = reads.assign(checkpoint=name)
+        patch = self.patch.frame(["loop", "pos", "metric"])
+        if len(patch):
+            n = patch.groupby(["loop", "pos"])["n"].first()
+            patch = patch.pivot_table(index=["loop", "pos"], columns="metric", values="value")
+            patch = patch.join(n).reset_index().assign(site="resid_post", direction="denoise")
+        out["patching"] = patch.assign(checkpoint=name)
+        cross = self.cross.frame(["loop", "row", "metric"])
+        if len(cross):
+            n = cross.groupby(["loop", "row"])["n"].first()
+            cross = cross.pivot_table(index=["loop", "row"], columns="metric", values="value")
+            cross = cross.join(n).reset_index()
+        out["lora_cross"] = cross.assign(checkpoint=name)
+        return out
