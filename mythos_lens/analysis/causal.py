@@ -135,22 +135,21 @@ class CausalCollector:
         out["effective_depth"] = wide.assign(checkpoint=name)
         steps = pd.concat(self.exits, ignore_index=True)
         out["exit_rules"] = exit_rule_summary(steps).assign(checkpoint=name, n=len(steps))
-        reads = self.reads.frame(["loop", "head", "metric"])
-        if len(reads):
-            n = reads.groupby(["loop", "head"])["n"].first()
-            reads = reads.pivot_table(index=["loop", "head"], columns="metric", values="value")
-            reads = reads.join(n).reset_index()
-        out["attention_reads"] = reads.assign(checkpoint=name)
-        patch = self.patch.frame(["loop", "pos", "metric"])
+        out["attention_reads"] = _wide(self.reads, ["loop", "head"]).assign(checkpoint=name)
+        patch = _wide(self.patch, ["loop", "pos"])
         if len(patch):
-            n = patch.groupby(["loop", "pos"])["n"].first()
-            patch = patch.pivot_table(index=["loop", "pos"], columns="metric", values="value")
-            patch = patch.join(n).reset_index().assign(site="resid_post", direction="denoise")
+            patch = patch.assign(site="resid_post", direction="denoise")
         out["patching"] = patch.assign(checkpoint=name)
-        cross = self.cross.frame(["loop", "row", "metric"])
-        if len(cross):
-            n = cross.groupby(["loop", "row"])["n"].first()
-            cross = cross.pivot_table(index=["loop", "row"], columns="metric", values="value")
-            cross = cross.join(n).reset_index()
+        cross = _wide(self.cross, ["loop", "row"])
         out["lora_cross"] = cross.assign(checkpoint=name)
         return out
+
+
+def _wide(sums: Sums, keys: list[str]) -> pd.DataFrame:
+    """A ``keys…, metric`` sum table as one column per metric, with ``n`` (examples)."""
+    long = sums.frame([*keys, "metric"])
+    if not len(long):
+        return long
+    n = long.groupby(keys)["n"].first()
+    wide = long.pivot_table(index=keys, columns="metric", values="value")
+    return wide.join(n).reset_index()
