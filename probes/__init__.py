@@ -6,6 +6,7 @@
 - ``probes.routing``: router overlap between loops, expert load, co-activation.
 - ``probes.convergence``: step norms, successive-lens KL, exits, spectral radius.
 - ``probes.lora``: per-loop LoRA scale similarity, delta size, ablation effect tables.
+- ``probes.stats``: seed-level tests (sign flip, Holm), bootstraps, nulls, endpoint tables.
 - ``probes.plots``: plotly figures built from those tables.
 
 Model-side callables (logit/coda lens, the loop map) live in ``mythos_lens.readouts``.
