@@ -22,11 +22,11 @@ if any(os.environ.get(k) != v for k, v in _ENV.items()):
 
 import torch  # noqa: E402
 
+from mythos_lens.adapters.openmythos import SITES  # noqa: E402
 from mythos_lens.capture import capture  # noqa: E402
 from mythos_lens.model import build_model, tiny_config  # noqa: E402
-from mythos_lens.sites import ALL_SITES, OPTIONAL_SITES  # noqa: E402
 
-DEFAULT_SITES = [s for s in ALL_SITES if s not in OPTIONAL_SITES]
+DEFAULT_SITES = list(SITES.resolve(None))
 
 BENCH_CONFIG = dict(
     vocab_size=512, dim=256, n_heads=8, n_kv_heads=2, max_seq_len=64, max_loop_iters=8,

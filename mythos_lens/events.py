@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
-from open_mythos.main import OpenMythos
 
 from mythos_lens.errors import MythosLensError
 
@@ -17,15 +16,20 @@ from mythos_lens.errors import MythosLensError
 class SiteEvent:
     """What a visitor is told about one site value.
 
-    ``loop`` is the loop step (``None`` for stream sites), ``layer`` the prelude/coda layer index
-    (``None`` otherwise); ``model`` is the OpenMythos being run, ``inputs`` the module's inputs.
+    ``loop`` is the step index within the site's step kind (``None`` for stream sites),
+    ``label`` that step's label (``t`` for a loop; ``(h, l)`` for nested cycles), ``layer`` the
+    layer index of a layer site (``None`` otherwise), ``forward`` the index of the forward pass
+    within the session (generation runs several); ``model`` is the model being run, ``inputs``
+    the module's inputs.
     """
 
     site: str
     loop: int | None
     layer: int | None
-    model: OpenMythos
+    model: Any
     inputs: tuple = ()
+    label: Any = None
+    forward: int = 0
 
 
 class Visitor(Protocol):

@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import torch
-from open_mythos.main import OpenMythos
 
 from mythos_lens.errors import MythosLensError
 from mythos_lens.model import (
@@ -55,11 +54,23 @@ def parse_token_ids(text: str) -> list[list[int]]:
     return rows
 
 
-def as_input_ids(input_ids: Any, model: OpenMythos) -> torch.Tensor:
-    """Validate token ids and return them as ``[batch, seq]`` int64 on the model's device.
+def as_input_ids(
+    input_ids: Any,
+    model: Any = None,
+    *,
+    vocab_size: int | None = None,
+    max_len: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Validate token ids and return them as ``[batch, seq]`` int64 (on `device`).
 
-    Accepts a tensor, numpy array or nested list, ``[seq]`` or ``[batch, seq]``.
+    Accepts a tensor, numpy array or nested list, ``[seq]`` or ``[batch, seq]``. Limits come
+    from `vocab_size` / `max_len` or, given an OpenMythos `model`, from its config (and the
+    device from its embedding).
     """
+    if model is not None:
+        vocab_size, max_len = model.cfg.vocab_size, model.cfg.max_seq_len
+        device, _ = model_device_dtype(model)
     if not isinstance(input_ids, torch.Tensor):
         try:
             input_ids = torch.as_tensor(input_ids)
@@ -75,19 +86,16 @@ def as_input_ids(input_ids: Any, model: OpenMythos) -> torch.Tensor:
         raise MythosLensError(
             f"input_ids have shape {tuple(input_ids.shape)}", "a non-empty [batch, seq] or [seq]"
         )
-    cfg = model.cfg
     lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= cfg.vocab_size:
+    if lo < 0 or (vocab_size is not None and hi >= vocab_size):
         bad = lo if lo < 0 else hi
-        raise MythosLensError(
-            f"token id {bad} is outside the vocabulary", f"ids in [0, {cfg.vocab_size - 1}]"
-        )
-    if input_ids.shape[1] > cfg.max_seq_len:
+        top = "" if vocab_size is None else f", {vocab_size - 1}"
+        raise MythosLensError(f"token id {bad} is outside the vocabulary", f"ids in [0{top}]")
+    if max_len is not None and input_ids.shape[1] > max_len:
         raise MythosLensError(
             f"sequence length {input_ids.shape[1]} exceeds max_seq_len",
-            f"at most {cfg.max_seq_len} tokens",
+            f"at most {max_len} tokens",
         )
-    device, _ = model_device_dtype(model)
     return input_ids.to(device=device, dtype=torch.long)
 
 

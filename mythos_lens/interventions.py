@@ -23,7 +23,6 @@ import torch
 
 from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.events import SiteEvent
-from mythos_lens.sites import ALL_SITES, LOOP_SITES
 from mythos_lens.trace import Trace
 
 
@@ -68,6 +67,7 @@ class AblateLora:
     def __init__(self, loops: int | Iterable[int] | None = None) -> None:
         self.loops = _loop_set(loops)
         self.target_loops = self.loops
+        self.requires = ("lora_delta",)
 
     def __repr__(self) -> str:
         return f"AblateLora(loops={sorted(self.loops) if self.loops is not None else 'all'})"
@@ -87,6 +87,7 @@ class SetLoraScale:
     ) -> None:
         self.loops = _loop_set(loops)
         self.target_loops = self.loops
+        self.requires = ("lora_delta",)
         if isinstance(scale, str):
             if scale != "mean":
                 raise MythosLensError(f"scale={scale!r}", "a [rank] tensor or 'mean'")
@@ -126,14 +127,13 @@ class Patch:
         value: torch.Tensor,
         positions: Iterable[int] | None = None,
     ) -> None:
-        if site not in ALL_SITES or not ALL_SITES[site].editable or site in ("prelude", "coda"):
-            editable = [s for s, v in ALL_SITES.items() if v.editable]
-            raise MythosLensError(f"cannot patch site {site!r}", f"one of {editable}")
-        if site in LOOP_SITES:
-            loop = _check_loop(loop)
-        elif loop is not None:
-            raise MythosLensError(f"loop={loop} for stream site {site!r}", "loop=None")
+        if not isinstance(site, str):
+            raise MythosLensError(f"site={site!r}", "a site name")
+        # Whether the model has the site, can edit it, and fires it per loop is checked when
+        # it runs (each model's adapter lists its sites).
+        loop = None if loop is None else _check_loop(loop)
         self.site, self.loop = site, loop
+        self.edits = True
         self.value = _as_tensor(value, f"patch value for {site!r}", integer=False).detach()
         self.target_loops = None if loop is None else frozenset([loop])
         self.positions = None
@@ -155,13 +155,13 @@ class Patch:
         """Patch with `trace`'s value of `site` at `loop` (at `positions`, default all kept),
         written at the same loop or, for a cross-step transplant, at `to_loop`."""
         if to_loop is not None:
-            if site not in LOOP_SITES:
+            if site not in trace.loop:
                 raise MythosLensError(f"to_loop for stream site {site!r}", "a loop site")
             p = cls.from_trace(trace, site, loop, positions)
             return cls(site, _check_loop(to_loop), p.value, positions=p.positions)
-        if site in LOOP_SITES:
+        if site in trace.loop:
             loop = _check_loop(loop)
-            if loop >= trace.n_loops:
+            if loop >= trace[site].shape[0]:
                 raise MythosLensError(
                     f"loop {loop} of a trace that ran {trace.n_loops} loops",
                     f"a loop in [0, {trace.n_loops - 1}]",
@@ -242,6 +242,7 @@ class ForceExperts:
     def __init__(self, loop: int, expert_ids: torch.Tensor) -> None:
         self.loop = _check_loop(loop)
         self.target_loops = frozenset([self.loop])
+        self.requires = ("router_logits",)
         self.expert_ids = _as_tensor(expert_ids, "forced expert ids", integer=True)
         if self.expert_ids.dim() < 1:
             raise MythosLensError("forced expert ids are a scalar", "[batch, seq, k] ids")
@@ -268,6 +269,7 @@ class FreezeRouter:
         self.source_loop = _check_loop(source_loop)
         self.loops = _loop_set(loops)
         self.target_loops = frozenset([self.source_loop, *(self.loops or ())])
+        self.requires = ("router_logits",)
         self._ids: torch.Tensor | None = None
 
     def __repr__(self) -> str:
@@ -295,12 +297,13 @@ class EditSite:
         fn: Callable[[torch.Tensor, SiteEvent], torch.Tensor | None],
         loops: int | Iterable[int] | None = None,
     ) -> None:
-        if site not in ALL_SITES:
-            raise MythosLensError(f"unknown site {site!r}", f"one of {list(ALL_SITES)}")
+        if not isinstance(site, str):
+            raise MythosLensError(f"site={site!r}", "a site name")
         if not callable(fn):
             raise MythosLensError(f"fn is a {type(fn).__name__}", "a callable (value, event)")
         self.site, self.fn, self.loops = site, fn, _loop_set(loops)
-        self.target_loops = self.loops if site in LOOP_SITES else None
+        self.target_loops = self.loops
+        self.edits = True
 
     def __repr__(self) -> str:
         return f"EditSite({self.site!r}, loops={sorted(self.loops) if self.loops else 'all'})"

@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 
 from mythos_lens.atomic import atomic_path
 from mythos_lens.errors import MythosLensError
-from mythos_lens.sites import ALL_SITES, ATTENTION_SITES, LAYER_SITES, LOOP_SITES, STREAM_SITES
 
 TRACE_FORMAT = "mythos-lens-trace/1"
 _GROUPS = ("loop", "stream", "layers", "params")
@@ -60,15 +59,17 @@ class LazyStack(MutableMapping):
 class Trace:
     """Tensors captured from one forward pass.
 
-    - ``loop[site]``: ``[loop, batch, pos, ...]`` for every loop step that actually ran
-      (``n_loops`` of them; ACT may stop before ``n_loops_requested``).
-    - ``stream[site]``: ``[batch, pos, ...]`` (embed, e, act_out, logits).
-    - ``layers["prelude" | "coda"]``: ``[layer, batch, pos, d]``.
-    - ``params``: ``injection_A`` / ``injection_B`` ``[d]``, ``lora_scale`` ``[max_loop_iters, rank]``,
-      ``router_bias`` ``[n_experts]``.
+    - ``loop[site]``: ``[step, batch, pos, ...]`` for every step that actually ran, of the
+      site's step kind (``site_steps[site]``: ``"loop"`` for OpenMythos; ``"L"`` / ``"H"`` for
+      HRM-Text). ``n_loops`` counts the primary kind's steps (ACT may stop before
+      ``n_loops_requested``); ``steps[kind]`` holds each step's label.
+    - ``stream[site]``: ``[batch, pos, ...]`` (e.g. embed, logits).
+    - ``layers[site]``: ``[layer, batch, pos, ...]`` (e.g. OpenMythos's prelude and coda).
+    - ``params``: the model's per-model parameters (OpenMythos: ``injection_A`` / ``injection_B``
+      ``[d]``, ``lora_scale`` ``[max_loop_iters, rank]``, ``router_bias`` ``[n_experts]``).
     - ``input_ids``: ``[batch, seq]`` (always the full sequence); ``positions``: ``[pos]``, the
       sequence positions kept on the ``pos`` axis.
-    - ``meta``: JSON-ready facts (model config, act threshold, loop_dim, lora row used per loop, ...).
+    - ``meta``: JSON-ready facts (adapter, model config, shapes of the sites, ...).
     """
 
     input_ids: torch.Tensor
@@ -80,6 +81,8 @@ class Trace:
     layers: MutableMapping[str, torch.Tensor] = field(default_factory=LazyStack)
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, list[Any]] = field(default_factory=dict)
+    site_steps: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.loop, LazyStack):
@@ -93,7 +96,7 @@ class Trace:
             if name in group:
                 return group[name]
         known = list(self.loop) + list(self.stream) + list(self.layers) + list(self.params)
-        if name in ALL_SITES:
+        if name in self.meta.get("site_shapes", {}):
             raise MythosLensError(f"site {name!r} was not captured", f"one of {known}")
         raise MythosLensError(f"unknown site {name!r}", f"one of {known}")
 
@@ -116,23 +119,11 @@ class Trace:
         (``loop``/``layer``, ``batch``, ``pos`` (sequence position), then ``channel``/``expert``/
         ``slot``), and ``value``."""
         x = self[site]
-        if site in LOOP_SITES:
-            lead = ["loop", "batch", "pos"]
-        elif site in LAYER_SITES:
-            lead = ["layer", "batch", "pos"]
-        elif site in STREAM_SITES:
-            lead = ["batch", "pos"]
-        else:
-            lead = ["index"]
-        tail = {
-            "router_logits": ["expert"],
-            "expert_ids": ["slot"],
-            "expert_weights": ["slot"],
-            "logits": ["token"],
-        }.get(site, ["channel"])
-        if site in ATTENTION_SITES:  # [loop|layer, batch, head, q, k]: q is the position
-            lead, tail = [lead[0], "batch", "head", "pos"], ["key"]
-        names = (lead + tail)[: x.dim()]
+        names = axis_names(self.meta.get("site_shapes", {}).get(site, ""), x.dim())
+        if site in self.loop and names[0] != "loop":
+            names[0] = "loop"
+        elif site in self.layers:
+            names[0] = "layer"
         arr = x.detach().float().cpu().numpy() if x.is_floating_point() else x.cpu().numpy()
         grids = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
         df = pd.DataFrame({n: g.ravel() for n, g in zip(names, grids, strict=True)})
@@ -154,6 +145,8 @@ class Trace:
             "n_loops": self.n_loops,
             "n_loops_requested": self.n_loops_requested,
             "meta": self.meta,
+            "steps": self.steps,
+            "site_steps": self.site_steps,
         }
         with atomic_path(path) as tmp:
             save_file(
@@ -187,5 +180,23 @@ class Trace:
             n_loops=header["n_loops"],
             n_loops_requested=header["n_loops_requested"],
             meta=header["meta"],
+            steps={k: [tuple(x) if isinstance(x, list) else x for x in v]
+                   for k, v in header.get("steps", {}).items()},
+            site_steps=header.get("site_steps", {}),
             **groups,
-        )
+        )  # fmt: skip
+
+
+# How a site's shape string names its axes in tables.
+_AXIS_NAMES = {"d": "channel", "n_experts": "expert", "vocab": "token", "q": "pos"}
+
+
+def axis_names(shape: str, ndim: int) -> list[str]:
+    """Column names for a site's axes from its shape string, e.g. ``"[loop, batch, pos, d]"``
+    -> ``loop, batch, pos, channel``; attention ``[…, head, q, k]`` -> ``…, head, pos, key``;
+    ``k`` elsewhere is a top-k ``slot``. Unknown shapes get ``batch, pos, channel``."""
+    tokens = [t.strip() for t in shape.strip("[]").split(",") if t.strip()]
+    if len(tokens) != ndim:
+        tokens = (["batch", "pos"] + ["channel"] * ndim)[:ndim]
+    key = "key" if "q" in tokens else "slot"
+    return [_AXIS_NAMES.get(t, key if t == "k" else t) for t in tokens]

@@ -4,9 +4,12 @@ import pytest
 import torch
 from tiny_models import make_model
 
+from mythos_lens.adapters.openmythos import SITES
 from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError
-from mythos_lens.sites import LOOP_SITES, OPTIONAL_SITES
+
+LOOP_SITES = SITES.names(stepped=True)
+OPTIONAL_SITES = SITES.optional
 
 
 def reference_capture(model, ids, n_loops):

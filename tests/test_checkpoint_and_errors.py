@@ -113,7 +113,7 @@ def test_bad_inputs_raise_one_error(ids):
     for kwargs, msg in cases:
         with pytest.raises(MythosLensError, match=msg):
             capture(model, **kwargs)
-    with pytest.raises(MythosLensError, match="expected an open_mythos.OpenMythos"):
+    with pytest.raises(MythosLensError, match="expected a looped model with an adapter"):
         capture(torch.nn.Linear(2, 2), ids)
 
 

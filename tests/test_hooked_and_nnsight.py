@@ -5,11 +5,14 @@ import torch
 from nnsight import NNsight
 from tiny_models import make_model
 
+from mythos_lens.adapters.openmythos import SITES
 from mythos_lens.capture import capture
 from mythos_lens.errors import MythosLensError
 from mythos_lens.hooked import HookedMythos
 from mythos_lens.interventions import AblateLora, Patch
-from mythos_lens.sites import LOOP_SITES, OPTIONAL_SITES
+
+LOOP_SITES = SITES.names(stepped=True)
+OPTIONAL_SITES = SITES.optional
 
 N = 5
 
@@ -69,7 +72,7 @@ def test_hooked_errors(model, ids):
     def bump(value, hook):
         return value + 1
 
-    with pytest.raises(MythosLensError, match="derived site"):
+    with pytest.raises(MythosLensError, match="read-only site"):
         hooked.run_with_hooks(
             ids, n_loops=2, fwd_hooks=[("recurrent.loop.0.hook_expert_ids", bump)]
         )

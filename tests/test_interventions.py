@@ -128,10 +128,14 @@ def test_extra_loops_beyond_training(model, ids):
 
 
 def test_derived_sites_are_read_only(model, ids):
-    with pytest.raises(MythosLensError, match="derived site 'expert_ids'"):
+    with pytest.raises(MythosLensError, match="cannot edit site 'expert_ids'"):
         capture(model, ids, interventions=[EditSite("expert_ids", lambda v, e: v + 1)])
-    with pytest.raises(MythosLensError, match="cannot patch"):
-        Patch("act_weight", 0, torch.zeros(1))
+    with pytest.raises(MythosLensError, match="cannot edit site 'act_weight'"):
+        capture(model, ids, interventions=[Patch("act_weight", 0, torch.zeros(1))])
+    with pytest.raises(MythosLensError, match="which openmythos models do not have"):
+        capture(model, ids, interventions=[Patch("L_out", 0, torch.zeros(1))])
+    with pytest.raises(MythosLensError, match="fires once per forward"):
+        capture(model, ids, interventions=[EditSite("e", lambda v, e: v, loops=[1])])
 
 
 def test_edit_site_shape_checked(model, ids):
