@@ -132,7 +132,13 @@ def run(
     ids = adapter.check_ids(input_ids, model)
     n = check_n_loops(adapter.default_steps(model) if n_loops is None else n_loops)
     check_sites_exist(visitors, adapter)
-    check_loops_reached(visitors, n, n, False)  # before running: loops beyond n_loops
+    by_kind: dict[str, list[Visitor]] = {}
+    for v in visitors:
+        site = getattr(v, "site", None)
+        kind = adapter.sites[site].step if site in adapter.sites else None
+        by_kind.setdefault(kind if kind and kind != "layer" else adapter.primary, []).append(v)
+    primary = by_kind.get(adapter.primary, [])
+    check_loops_reached(primary, n, n, False)  # before running: loops beyond n_loops
     options = dict(step_options or {})
     unknown = sorted(set(options) - set(adapter.step_options))
     if unknown:
@@ -142,10 +148,13 @@ def run(
     grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with session.installed(), grad_ctx:
         session.begin_forward()
-        logits = adapter.run(model, ids, n, run_all_loops, **options)
+        logits = adapter.run(model, ids, n, run_all_loops, session, **options)
         logits = session.emit("logits", logits)
     ran = session.steps_run()
-    check_loops_reached(visitors, ran, n, ran < n)
+    check_loops_reached(primary, ran, n, ran < n)
+    for kind, vs in by_kind.items():  # nested step kinds: checked against what ran
+        if kind != adapter.primary:
+            check_loops_reached(vs, session.steps_run(kind), session.steps_run(kind), False)
     return logits, ran
 
 

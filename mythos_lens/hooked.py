@@ -2,7 +2,7 @@
 
 TransformerLens keeps only the last call of a HookPoint that fires several times per forward, so
 every step gets its own: ``{prefix}.{t}.hook_{site}`` for each stepped site (the prefix is the
-adapter's, e.g. ``recurrent.loop`` for OpenMythos, ``model.L_module.step`` for HRM-Text), plus
+adapter's, e.g. ``recurrent.loop`` for OpenMythos, ``L_steps`` / ``H_steps`` for HRM-Text), plus
 ``{group}.{i}.hook_resid_post`` for layer sites (OpenMythos's ``prelude`` / ``coda``),
 ``{group}.{i}.hook_attn_pattern`` for their attention, and ``hook_{site}`` for stream sites. With
 ``attention=True`` the opt-in attention patterns fire too. ``run_with_cache`` returns a
@@ -120,15 +120,15 @@ class HookedMythos(HookedRootModule):
         parts = path.split(".")
         mod: nn.Module = self
         for p in parts[:-1]:
-            if not hasattr(mod, p):
+            if p not in mod._modules:  # never walk into the wrapped model's attributes
                 mod.add_module(p, nn.Module())
-            mod = getattr(mod, p)
+            mod = mod._modules[p]
         mod.add_module(parts[-1], leaf)
 
     def _get_path(self, path: str) -> nn.Module:
         mod: nn.Module = self
         for p in path.split("."):
-            mod = getattr(mod, p)
+            mod = mod._modules[p]
         return mod
 
     def hook_name(self, site: str, step: int | None = None, layer: int | None = None) -> str:

@@ -8,6 +8,7 @@ or ``run(..., visitors=[...])``.
 - :class:`ForceExperts` — make the router choose given experts at a loop.
 - :class:`FreezeRouter` — reuse the experts chosen at one loop for later loops, in the same pass.
 - :class:`EditSite` — call your own function on a site (what ``run_with_hooks`` does).
+- :class:`SkipStep` — a step leaves a state site as it was (any looped model).
 
 Running more loops than trained is ``capture(model, ids, n_loops=N)``; ``run_all_loops=True``
 keeps ACT from stopping early.
@@ -314,3 +315,30 @@ class EditSite:
         if self.loops is not None and event.loop not in self.loops:
             return None
         return self.fn(value, event)
+
+
+class SkipStep:
+    """Skip step `loop` of a stepped state site: the site keeps its value from the step before
+    (OpenMythos ``resid_post``: h_t = h_{t−1}; HRM-Text ``L_out``: z_L unchanged by that L call).
+    Later steps run on from there. Step 0 has no previous value: use ``Patch`` for it."""
+
+    def __init__(self, site: str, loop: int) -> None:
+        if not isinstance(site, str):
+            raise MythosLensError(f"site={site!r}", "a site name")
+        self.site, self.loop = site, check_int("loop", loop, 1)
+        self.target_loops = frozenset([self.loop])
+        self.edits = True
+        self._previous: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"SkipStep({self.site!r}, loop={self.loop})"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != self.site:
+            return None
+        if event.loop == self.loop - 1:
+            self._previous = value
+            return None
+        if event.loop == self.loop and self._previous is not None:
+            return self._previous
+        return None

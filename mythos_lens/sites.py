@@ -25,6 +25,7 @@ class Site:
     ``step``: the step kind it fires in (``None`` for a stream site, ``"layer"`` for a layer
     site). ``optional`` sites are opt-in (not part of ``"all"``: attention patterns cost T²
     memory). ``pos_axis`` is the axis of one value that runs over sequence positions.
+    ``attention`` marks attention patterns (their positions are the queries).
     """
 
     name: str
@@ -35,16 +36,12 @@ class Site:
     editable: bool = True
     optional: bool = False
     pos_axis: int = 1
+    attention: bool = False  # an attention pattern [..., batch, head, q, k]: positions = queries
 
     @property
     def stepped(self) -> bool:
         """Fires once per step of the loop (not per forward, not per layer)."""
         return self.step is not None and self.step != LAYER
-
-    @property
-    def attention(self) -> bool:
-        """An attention pattern ``[…, batch, head, q, k]`` (its positions are the queries)."""
-        return self.pos_axis == 2
 
 
 class SiteTable(Mapping[str, Site]):

@@ -124,3 +124,16 @@ def test_nnsight_edits_match_interventions(ids):
         interventions=[AblateLora([1]), Patch.from_trace(src, "resid_post", 3)],
     )
     assert torch.equal(out, ours.logits)
+
+
+def test_loop_cache_behaves_like_an_activation_cache_with_a_loop_axis(model, ids):
+    trace = capture(model, ids, n_loops=N)
+    _, cache = HookedMythos(model).run_with_cache(ids, n_loops=N)
+    assert torch.equal(cache["resid_post"], trace["resid_post"])  # [loop, batch, pos, d]
+    assert torch.equal(cache["resid_post", 1], trace["resid_post"][1])
+    assert torch.equal(cache["resid_post", -1], trace["resid_post"][-1])
+    assert torch.equal(cache.stack_activation("halt_prob"), trace["halt_prob"])
+    assert cache.steps("resid_post") == trace.n_loops
+    assert torch.equal(cache["recurrent.loop.0.hook_resid_post"], trace["resid_post"][0])
+    with pytest.raises(MythosLensError, match="step 99"):
+        cache["resid_post", 99]

@@ -53,8 +53,8 @@ class Adapter:
 
     Callables take the model first. ``install(session)`` registers the hooks that turn a
     forward into site events (``session.hook``, ``session.next_step``, ``session.emit``).
-    ``run(model, ids, n_steps, run_all_steps, options)`` runs one forward with `n_steps` steps
-    of the primary kind and returns logits ``[batch, seq, vocab]``. ``readouts[name](model)``
+    ``run(model, ids, n_steps, run_all_steps, session, **options)`` runs one forward with
+    `n_steps` steps of the primary kind and returns logits ``[batch, seq, vocab]``. ``readouts[name](model)``
     gives ``h [batch, pos, d] -> logits``; ``exit_logits(model, trace)`` gives, per primary
     step t, the output a run stopped after step t would produce ``[step, batch, pos, vocab]``.
     """

@@ -48,7 +48,7 @@ SITES = SiteTable([
          "cumulative halting probability after this loop", editable=False),
     Site("attn_pattern", "recurrent.block.attn", "[loop, batch, head, q, k]",
          "attention weights of the shared block (recomputed from its inputs; opt-in)",
-         editable=False, optional=True, pos_axis=2),
+         editable=False, optional=True, pos_axis=2, attention=True),
     Site("embed", "embed", "[batch, pos, d]", "token embedding", step=None),
     Site("e", "recurrent (input)", "[batch, pos, d]",
          "prelude output: the input injected at every loop and h_0", step=None),
@@ -61,10 +61,10 @@ SITES = SiteTable([
          step=LAYER, editable=False),
     Site("prelude_attn", "prelude.{i}.attn", "[layer, batch, head, q, k]",
          "attention weights of each prelude layer (opt-in)", step=LAYER, editable=False,
-         optional=True, pos_axis=2),
+         optional=True, pos_axis=2, attention=True),
     Site("coda_attn", "coda.{i}.attn", "[layer, batch, head, q, k]",
          "attention weights of each coda layer (opt-in)", step=LAYER, editable=False,
-         optional=True, pos_axis=2),
+         optional=True, pos_axis=2, attention=True),
 ])  # fmt: skip
 
 ROLES = {
@@ -242,7 +242,7 @@ ADAPTER = Adapter(
     primary="loop",
     roles=ROLES,
     install=install,
-    run=lambda model, ids, n, run_all, **options: run(model, ids, n, run_all),
+    run=lambda model, ids, n, run_all, session, **options: run(model, ids, n, run_all),
     default_steps=lambda model: model.cfg.max_loop_iters,
     check_ids=lambda ids, model: as_input_ids(ids, model),
     readouts={"logit": logit_lens, "coda": coda_lens},
