@@ -147,7 +147,6 @@ def run(
     session = HookSession(adapter, model, visitors, optional_sites)
     grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with session.installed(), grad_ctx:
-        session.begin_forward()
         logits = adapter.run(model, ids, n, run_all_loops, session, **options)
         logits = session.emit("logits", logits)
     ran = session.steps_run()

@@ -33,8 +33,10 @@ class HookSession:
         model: Any,
         visitors: Sequence[Visitor],
         optional_sites: Sequence[str] = (),
+        emit_logits: bool = False,
     ) -> None:
         self.adapter = adapter
+        self.emit_logits = emit_logits  # at the end of every forward (generation)
         self.model = model
         self.visitors = list(visitors)
         self.optional_sites = frozenset(optional_sites)
@@ -123,7 +125,18 @@ class HookSession:
     @contextlib.contextmanager
     def installed(self) -> Iterator[HookSession]:
         """Hooks live exactly for the ``with`` body, also when it raises."""
+
+        def on_start(mod, args, kwargs):
+            self.begin_forward()
+
+        def on_end(mod, args, kwargs, out):
+            self.emit("logits", out)
+
         try:
+            # every forward starts a new step count
+            self.hook(self.adapter.entry(self.model), on_start, pre=True)
+            if self.emit_logits:
+                self.hook(self.adapter.head(self.model), on_end)
             self.adapter.install(self)
             yield self
         finally:

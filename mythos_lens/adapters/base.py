@@ -72,6 +72,13 @@ class Adapter:
     check_ids: Callable[[Any, Any], torch.Tensor]
     readouts: Mapping[str, Callable[[Any], Readout]]
     exit_logits: Callable[[Any, Any], torch.Tensor] | None = None
+    # generate(model, ids, max_new_tokens, n_steps, session, **options) -> all ids [batch, T+new]
+    generate: Callable[..., torch.Tensor] | None = None
+    # The first module each forward calls (its pre-hook starts a new step count: generate may
+    # call `forward` directly, bypassing the root's hooks) and the module whose output is the
+    # logits.
+    entry: Callable[[Any], torch.nn.Module] = lambda model: model
+    head: Callable[[Any], torch.nn.Module] = lambda model: model
     params: Callable[[Any], dict[str, torch.Tensor]] = lambda model: {}
     meta: Callable[[Any, int], dict[str, Any]] = lambda model, steps_run: {}
     step_options: tuple[str, ...] = ()  # extra keyword options of `run` (e.g. inner cycles)

@@ -161,6 +161,24 @@ def run(
         return model(input_ids=ids, use_cache=False).logits
 
 
+def generate(
+    model: Any, ids: torch.Tensor, new: int, n_steps: int, session: Any, **options: Any
+) -> torch.Tensor:
+    """transformers' ``generate`` (greedy unless `options` say otherwise) at the configured
+    cycles: the KV cache's slot layout is fixed by them."""
+    if n_steps != model.config.H_cycles:
+        raise MythosLensError(
+            f"n_loops={n_steps} while generating",
+            f"the configured H_cycles={model.config.H_cycles}",
+        )
+    eager = any(session.wants(s) for s in SITES.optional)
+    options.setdefault("do_sample", False)
+    options.setdefault("pad_token_id", model.config.pad_token_id or 0)
+    with _cycles(model, n_steps, None, eager):
+        mask = torch.ones_like(ids)
+        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, **options)
+
+
 def logit_lens(model: Any):
     """``h [..., d] -> lm_head(h)``: the stacks end in a weightless norm, so this reads any
     L or H state the way the model reads its last H state."""
@@ -223,6 +241,9 @@ ADAPTER = Adapter(
     check_ids=_check_ids,
     readouts={"logit": logit_lens},
     exit_logits=exit_logits,
+    generate=generate,
+    entry=lambda model: model.model.embed_tokens,
+    head=lambda model: model.lm_head,
     meta=lambda model, steps_run: {
         "config": {k: v for k, v in model.config.to_dict().items() if _jsonable(v)},
         "H_cycles": model.config.H_cycles,

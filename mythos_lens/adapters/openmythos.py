@@ -247,8 +247,13 @@ ADAPTER = Adapter(
     check_ids=lambda ids, model: as_input_ids(ids, model),
     readouts={"logit": logit_lens, "coda": coda_lens},
     exit_logits=exit_logits,
+    generate=lambda model, ids, new, n, session, **options: model.generate(
+        ids, max_new_tokens=new, n_loops=n, **options
+    ),
     params=params,
     meta=meta,
+    entry=lambda model: model.embed,
+    head=lambda model: model.head,
     pages=("trajectories", "experts", "loops", "causal", "lora", "compare"),
     layers=lambda model: {"prelude": len(model.prelude), "coda": len(model.coda)},
 )
