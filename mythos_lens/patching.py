@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from mythos_lens.adapters import adapter_for
 from mythos_lens.capture import capture, run
 from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.events import SiteEvent
@@ -95,31 +96,36 @@ def patch_sweep(
 
     Args:
         clean_ids, corrupt_ids: ``[batch, seq]`` token ids of equal shape.
-        site: ``resid_post`` (h_t), ``block_out`` or ``lora_delta``.
+        site: an editable stepped site (OpenMythos: ``resid_post`` (h_t), ``block_out``,
+            ``lora_delta``; HRM-Text: ``L_out``, ``H_out``, …).
         n_loops: loop steps (every one runs: ACT early exit is disabled so loops align).
         loops, positions: the cells (default every loop × every position).
         direction: ``denoise`` runs the corrupted input and writes clean values into it;
             ``noise`` runs the clean input and writes corrupted values.
         query: the position whose logits are returned (default the last).
     """
-    model = require_openmythos(model)
-    if site not in SWEEP_SITES:
-        raise MythosLensError(f"patch sweep of site {site!r}", f"one of {list(SWEEP_SITES)}")
+    adapter = adapter_for(model)
+    stepped = [n for n in adapter.sites.names(stepped=True) if adapter.sites[n].editable]
+    if site not in stepped:
+        raise MythosLensError(f"patch sweep of site {site!r}", f"one of {stepped}")
     if direction not in ("denoise", "noise"):
         raise MythosLensError(f"direction={direction!r}", "'denoise' or 'noise'")
-    clean, corrupt = as_input_ids(clean_ids, model), as_input_ids(corrupt_ids, model)
+    clean, corrupt = adapter.check_ids(clean_ids, model), adapter.check_ids(corrupt_ids, model)
     if clean.shape != corrupt.shape:
         raise MythosLensError(
             f"clean ids {tuple(clean.shape)} vs corrupted {tuple(corrupt.shape)}", "equal shapes"
         )
-    n = check_n_loops(n_loops, model)
+    n = check_n_loops(adapter.default_steps(model) if n_loops is None else n_loops)
     B, T = clean.shape
     q = check_int("query", query, -T, T - 1) % T
-    loops = list(range(n)) if loops is None else [check_int("loop", t, 0, n - 1) for t in loops]
+    src_ids, tgt_ids = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+    n_steps = capture(model, src_ids, n_loops=n, sites=[site], run_all_loops=True)[site].shape[0]
+    loops = list(range(n_steps)) if loops is None else [
+        check_int("loop", t, 0, n_steps - 1) for t in loops
+    ]  # fmt: skip
     positions = list(range(T)) if positions is None else [
         check_int("position", p, -T, T - 1) % T for p in positions
     ]  # fmt: skip
-    src_ids, tgt_ids = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
     cells = pd.DataFrame([(t, p) for t in loops for p in positions], columns=["loop", "pos"])
     cells.insert(0, "copy", range(len(cells)))
     src = capture(model, src_ids.repeat(len(cells), 1), n_loops=n, sites=[site],

@@ -31,6 +31,7 @@ ROLES = {
     "lora": "the depth-wise LoRA delta per step",
     "halt": "halting probability per step",
     "act_weight": "weight of each step's state in what the readout reads",
+    "cum_halt": "cumulative halting probability per step (ACT's exit rule)",
     "attention": "attention pattern of the shared block per step (opt-in)",
 }
 
@@ -74,6 +75,8 @@ class Adapter:
     exit_logits: Callable[[Any, Any], torch.Tensor] | None = None
     # generate(model, ids, max_new_tokens, n_steps, session, **options) -> all ids [batch, T+new]
     generate: Callable[..., torch.Tensor] | None = None
+    # loop_step(model, state_in, t) -> (h_{t-1} -> h_t): the loop map, for its Jacobian
+    loop_step: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None
     # The first module each forward calls (its pre-hook starts a new step count: generate may
     # call `forward` directly, bypassing the root's hooks) and the module whose output is the
     # logits.

@@ -19,7 +19,7 @@ from mythos_lens.attention import attention_pattern
 from mythos_lens.errors import MythosLensError
 from mythos_lens.inputs import as_input_ids
 from mythos_lens.model import config_to_dict
-from mythos_lens.readouts import coda_lens, exit_states, logit_lens
+from mythos_lens.readouts import coda_lens, exit_states, logit_lens, loop_step
 from mythos_lens.sites import LAYER, Site, SiteTable
 
 # Order = execution order inside one loop step (interventions must follow it).
@@ -70,7 +70,8 @@ SITES = SiteTable([
 ROLES = {
     "state": "resid_post", "state_in": "e", "block_out": "block_out", "block_in": "block_in",
     "router_logits": "router_logits", "experts": "expert_ids", "lora": "lora_delta",
-    "halt": "halt_prob", "act_weight": "act_weight", "attention": "attn_pattern",
+    "halt": "halt_prob", "act_weight": "act_weight", "cum_halt": "cum_halt_prob",
+    "attention": "attn_pattern",
 }  # fmt: skip
 
 
@@ -247,6 +248,7 @@ ADAPTER = Adapter(
     check_ids=lambda ids, model: as_input_ids(ids, model),
     readouts={"logit": logit_lens, "coda": coda_lens},
     exit_logits=exit_logits,
+    loop_step=loop_step,
     generate=lambda model, ids, new, n, session, **options: model.generate(
         ids, max_new_tokens=new, n_loops=n, **options
     ),

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mythos_lens.adapters import adapter_for
 from mythos_lens.analysis.sums import Sums
 from mythos_lens.patching import lora_cross_patch, patch_sweep
 from mythos_lens.tasks.base import TaskBatch
@@ -45,6 +46,8 @@ class CausalCollector:
 
     def __init__(self, model: Any, n_loops: int, patch_examples: int) -> None:
         self.model = model
+        self.adapter = adapter_for(model)
+        self.roles = dict(self.adapter.roles)
         self.n_loops = n_loops
         self.patch_examples = patch_examples
         self.depth = Sums()
@@ -70,8 +73,9 @@ class CausalCollector:
         sl = slice(q, q + 1)
         target = None if batch is None else batch.answer.view(B, 1)
         ex, final = exit_logits[:, :, sl], tr.logits[:, sl]
-        tables = [act_share_table(tr["act_weight"][:, :, sl]),
-                  stop_effect_table(ex, final, target_ids=target)]  # fmt: skip
+        tables = [stop_effect_table(ex, final, target_ids=target)]
+        if "act_weight" in self.roles:
+            tables.append(act_share_table(tr[self.roles["act_weight"]][:, :, sl]))
         for tab in tables:
             for col, name in DEPTH_METRICS.items():
                 if col in tab.columns:
@@ -79,16 +83,20 @@ class CausalCollector:
                                          ["loop", "metric"], "v", 1.0)  # fmt: skip
         d = effective_depth(ex, final).reshape(-1)
         self.depth_counts += np.bincount(d.numpy(), minlength=self.n_loops + 1)
+        halt = self.roles.get("cum_halt")
+        h0 = self.roles.get("state_in")
         self.exits.append(exit_steps(
-            ex, final, tr["resid_post"][:, :, sl], h0=tr["e"][:, sl],
-            cum_halt_prob=tr["cum_halt_prob"][:, :, sl],
-            act_threshold=float(self.model.cfg.act_threshold), target_ids=target,
+            ex, final, tr[self.roles["state"]][:, :, sl],
+            h0=None if h0 is None else tr[h0][:, sl],
+            cum_halt_prob=None if halt is None else tr[halt][:, :, sl],
+            act_threshold=tr.meta.get("act_threshold") if halt else None, target_ids=target,
         ))  # fmt: skip
         if batch is None or task is None:
             return
-        if "attn_pattern" in tr and hasattr(task, "pair_truth"):
+        attn = self.roles.get("attention")
+        if attn in tr and hasattr(task, "pair_truth"):
             truth = task.pair_truth(batch, tr.n_loops)
-            s = pair_read_summary(pair_reads(tr["attn_pattern"], truth["pair_positions"],
+            s = pair_read_summary(pair_reads(tr[attn], truth["pair_positions"],
                                              truth["expected_pair"], query=q))  # fmt: skip
             for r in s.itertuples(index=False):
                 for m in ("top_is_expected", "expected_mass", "top_mass", "chance_mass"):
@@ -104,19 +112,22 @@ class CausalCollector:
     def _patch(self, ids: torch.Tensor, batch: TaskBatch, task: Any, q: int) -> None:
         n = ids.shape[0]
         corrupt = task.corrupt(batch, seed=0)
-        res = patch_sweep(self.model, ids, corrupt.input_ids, n_loops=self.n_loops, query=q)
+        res = patch_sweep(self.model, ids, corrupt.input_ids, n_loops=self.n_loops, query=q,
+                          site=self.roles["state"])  # fmt: skip
         eff = patch_effects(res.patched, res.baseline, res.source, batch.answer, corrupt.answer)
         eff = eff.merge(res.cells.reset_index(names="cell"), on="cell")
         for m in PATCH_METRICS:
             self.patch.add_table(eff.assign(metric=m, v=eff[m].astype(float)),
                                  ["loop", "pos", "metric"], "v", 1.0)  # fmt: skip
+        self.patched += n
+        if "lora" not in self.roles:
+            return
         cells, patched, base = lora_cross_patch(self.model, ids, n_loops=self.n_loops, query=q)
         target = batch.answer.view(n, 1)
         for c, (t, r) in enumerate(cells.itertuples(index=False)):
             tab = ablation_effects(base[c].unsqueeze(1), {0: patched[c].unsqueeze(1)}, target)
             for row in tab.itertuples(index=False):
                 self.cross.add((t, r, row.metric), row.value, float(n))
-        self.patched += n
 
     # -- tables -------------------------------------------------------------------------------
     def matters(self) -> pd.DataFrame:
@@ -138,7 +149,7 @@ class CausalCollector:
         out["attention_reads"] = _wide(self.reads, ["loop", "head"]).assign(checkpoint=name)
         patch = _wide(self.patch, ["loop", "pos"])
         if len(patch):
-            patch = patch.assign(site="resid_post", direction="denoise")
+            patch = patch.assign(site=self.roles["state"], direction="denoise")
         out["patching"] = patch.assign(checkpoint=name)
         cross = _wide(self.cross, ["loop", "row"])
         out["lora_cross"] = cross.assign(checkpoint=name)

@@ -14,12 +14,12 @@ import pandas as pd
 import torch
 from open_mythos.main import OpenMythos
 
+from mythos_lens.adapters import adapter_for
 from mythos_lens.analysis.causal import CausalCollector
 from mythos_lens.analysis.sums import Sums
 from mythos_lens.capture import capture, run
 from mythos_lens.errors import MythosLensError
 from mythos_lens.interventions import AblateLora, SetLoraScale
-from mythos_lens.readouts import coda_lens, exit_states, logit_lens, loop_step
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
 from probes.convergence import lens_kl_table, spectral_radius, step_table
@@ -30,11 +30,11 @@ from probes.routing import (
 )
 from probes.similarity import StreamingCKA, loop_deltas
 
-CAPTURE_SITES = ["resid_post", "block_out", "block_in", "lora_delta", "expert_ids", "e",
-                 "act_weight", "cum_halt_prob"]  # fmt: skip
-
-
-CKA_SITES = ("resid_post", "delta_h", "block_out")
+# Roles whose sites the collector captures when the model has them (see adapters.base.ROLES).
+CAPTURE_ROLES = ("state", "state_in", "block_out", "block_in", "lora", "experts", "act_weight",
+                 "cum_halt")  # fmt: skip
+# CKA between steps, by role: the state, its step (Δ), the block output.
+CKA_ROLES = ("state", "delta", "block_out")
 
 
 class Collector:
@@ -60,6 +60,8 @@ class Collector:
         patch_examples: int = 0,
     ) -> None:
         self.model = model
+        self.adapter = adapter_for(model)
+        self.roles = dict(self.adapter.roles)
         self.causal = CausalCollector(model, n_loops, patch_examples)
         self.spectral_examples = spectral_examples
         self.spectral_iters = spectral_iters
@@ -67,9 +69,8 @@ class Collector:
         self.position = position
         self.probe_examples = probe_examples
         self.seed = seed
-        cfg = model.cfg
-        self.E, self.k, self.d = cfg.n_experts, cfg.n_experts_per_tok, cfg.dim
-        self.cka = {s: StreamingCKA(n_loops, self.d, "debiased") for s in CKA_SITES}
+        self.E = self.k = self.d = 0  # read from the first batch
+        self.cka: dict[str, StreamingCKA] = {}
         self.router = Sums()
         self.lens = Sums()
         self.conv = Sums()
@@ -80,40 +81,54 @@ class Collector:
         self.n_seen = 0
         self.n_tokens = 0
         self.spectral: pd.DataFrame | None = None
-        self._readouts = {"logit": logit_lens(model), "coda": coda_lens(model)}
+        self._readouts = {name: make(model) for name, make in self.adapter.readouts.items()}
+
+    def site(self, role: str) -> str | None:
+        """The model's site for `role` (None when it has no such thing)."""
+        return self.roles.get(role)
 
     # -- per batch ----------------------------------------------------------------------------
     def update(
         self, ids: torch.Tensor, batch: TaskBatch | None, task: PointerTask | None, index: int
     ) -> None:
         """Add one batch ``ids [B, T]`` (with its labels ``batch`` when known)."""
-        sites = CAPTURE_SITES + (["attn_pattern"] if hasattr(task, "pair_truth") else [])
+        sites = [self.roles[r] for r in CAPTURE_ROLES if r in self.roles]
+        if hasattr(task, "pair_truth") and "attention" in self.roles:
+            sites.append(self.roles["attention"])
         tr = capture(self.model, ids, n_loops=self.n_loops, sites=sites, run_all_loops=True)
         if tr.n_loops != self.n_loops:
             raise MythosLensError(f"{tr.n_loops} loops ran", f"{self.n_loops}")
         B, T = ids.shape
         q = self.position % T
-        h, e = tr["resid_post"], tr.stream["e"]
-        self.cka["resid_post"].update(h)
-        self.cka["delta_h"].update(loop_deltas(h, e))
-        self.cka["block_out"].update(tr["block_out"])
+        h = tr[self.roles["state"]]
+        e = tr[self.roles["state_in"]] if "state_in" in self.roles else None
+        if not self.cka:  # sizes come from the first batch
+            self.d = h.shape[-1]
+            for role in CKA_ROLES:
+                if role != "block_out" or "block_out" in self.roles:
+                    self.cka[role] = StreamingCKA(self.n_loops, self.d, "debiased")
+        self.cka["state"].update(h)
+        self.cka["delta"].update(loop_deltas(h, e))
+        if "block_out" in self.cka:
+            self.cka["block_out"].update(tr[self.roles["block_out"]])
         self.n_seen += B
         self.n_tokens += B * T
 
-        ov = router_overlap(tr["expert_ids"], self.E)
-        for metric in ("overlap_at_k", "jaccard"):
-            self.router.add_table(ov.assign(metric=metric), ["loop_a", "loop_b", "metric"],
-                                  metric, 1.0)  # fmt: skip
+        if "experts" in self.roles:
+            experts = tr[self.roles["experts"]]
+            self.k, self.E = experts.shape[-1], int(tr.meta["n_experts"])
+            ov = router_overlap(experts, self.E)
+            for metric in ("overlap_at_k", "jaccard"):
+                self.router.add_table(ov.assign(metric=metric), ["loop_a", "loop_b", "metric"],
+                                      metric, 1.0)  # fmt: skip
 
         target = batch.answer.view(B, 1) if batch is not None else None
         final = tr.logits[:, q : q + 1]
         hq = h[:, :, q : q + 1]
-        exit_lg = apply_lens(exit_states(tr["act_weight"], h), self._readouts["coda"])
-        lens_logits = {
-            "exit": exit_lg[:, :, q : q + 1],
-            "logit": apply_lens(hq, self._readouts["logit"]),
-            "coda": apply_lens(h, self._readouts["coda"])[:, :, q : q + 1],
-        }
+        exit_lg = self.adapter.exit_logits(self.model, tr)
+        lens_logits = {"exit": exit_lg[:, :, q : q + 1]}
+        for name, readout in self._readouts.items():  # the coda needs the whole sequence
+            lens_logits[name] = apply_lens(h, readout)[:, :, q : q + 1]
         for name, lg in lens_logits.items():
             tab = lens_table(lg, final, target_ids=target, control_seed=self.seed * 7919 + index,
                              lens=name)  # fmt: skip
@@ -123,14 +138,17 @@ class Collector:
                 metrics += ["target_rank", "target_top1"]
             for m in metrics:
                 self.lens.add_table(tab.assign(metric=m), ["lens", "loop", "metric"], m, 1.0)
-        steps = step_table(hq, e[:, q : q + 1])
+        steps = step_table(hq, None if e is None else e[:, q : q + 1])
         self.conv.add_table(steps, ["loop", "metric"], "value", 1.0)
-        for name in ("coda", "exit"):
-            kl = lens_kl_table(lens_logits[name]).assign(metric=f"kl_prev_{name}")
+        for name, lg in lens_logits.items():
+            if name == "logit" and "coda" in lens_logits:
+                continue  # the coda lens reads h_t the way the model does
+            kl = lens_kl_table(lg).assign(metric=f"kl_prev_{name}")
             self.conv.add_table(kl, ["loop", "metric"], "value", 1.0)
         self.causal.update(tr, ids, batch, task, q, exit_lg)
 
-        self._ablate(ids, final, target, q, B)
+        if "lora" in self.roles:
+            self._ablate(ids, final, target, q, B)
         if target is not None:
             ok = (final[:, 0].argmax(-1) == batch.answer).double()
             for hop in batch.hops.unique().tolist():
@@ -140,7 +158,7 @@ class Collector:
                 w = float((batch.hops == hop).sum())
                 for k, v in ch.items():
                     self.accuracy.add((f"chance_{k}", int(hop)), float(v), w)
-        if self.spectral is None:
+        if self.spectral is None and self.adapter.loop_step is not None:
             self.spectral = self._spectral(tr, ids)
         self._keep(tr, ids, batch, q)
 
@@ -164,13 +182,13 @@ class Collector:
     def _spectral(self, tr, ids) -> pd.DataFrame:
         """ρ and ‖J‖ of the loop map at each loop, on the first few sequences of the first batch."""
         m = min(self.spectral_examples, ids.shape[0])
-        e = tr.stream["e"][:m]
-        h = tr["resid_post"][:, :m]
+        e = tr[self.roles["state_in"]][:m]
+        h = tr[self.roles["state"]][:, :m]
         rows = []
         for t in range(self.n_loops):
             prev = e if t == 0 else h[t - 1]
             with torch.enable_grad():
-                sr = spectral_radius(loop_step(self.model, e, t), prev,
+                sr = spectral_radius(self.adapter.loop_step(self.model, e, t), prev,
                                      n_iter=self.spectral_iters, seed=self.seed)  # fmt: skip
             rows += [{"loop": t, "metric": k, "value": sr[k]}
                      for k in ("spectral_radius", "spectral_norm")]  # fmt: skip
@@ -181,9 +199,11 @@ class Collector:
         if room <= 0:
             return
         take = min(room, ids.shape[0])
-        for site in ("resid_post", "block_in", "lora_delta", "block_out"):
-            self.buffer[site].append(tr[site][:, :take, q : q + 1].clone())
-        self.buffer["expert_ids"].append(tr["expert_ids"][:, :take].clone())
+        for role in ("state", "block_in", "lora", "block_out"):  # kept by role
+            if role in self.roles:
+                self.buffer[role].append(tr[self.roles[role]][:, :take, q : q + 1].clone())
+        if "experts" in self.roles:
+            self.buffer["experts"].append(tr[self.roles["experts"]][:, :take].clone())
         self.buffer["types"].append(ids[:take, q : q + 1].clone())
         if batch is not None:
             self.buffer["hop_entities"].append(batch.hop_entities[:take].clone())

@@ -19,6 +19,7 @@ import torch
 from open_mythos.main import OpenMythos
 from tqdm.auto import tqdm
 
+from mythos_lens.adapters import adapter_for
 from mythos_lens.analysis.collect import Collector
 from mythos_lens.analysis.columns import TABLE_COLUMNS
 from mythos_lens.analysis.config import AnalyzeConfig, Inputs, read_inputs, task_inputs
@@ -46,8 +47,8 @@ def analyze_model(
     """Run every instrument on ``model`` over ``inputs``; returns ``{table name: DataFrame}``
     (columns: :data:`TABLE_COLUMNS`). ``on_batch(i)`` is called after each batch (progress,
     tests)."""
-    n_loops = check_n_loops(cfg.n_loops if cfg.n_loops is not None else model.cfg.max_loop_iters,
-                            model)  # fmt: skip
+    default = adapter_for(model).default_steps(model)
+    n_loops = check_n_loops(cfg.n_loops if cfg.n_loops is not None else default)
     if n_loops < 2:
         raise MythosLensError(f"n_loops={n_loops}", ">= 2 loops to compare loops")
     model.eval()

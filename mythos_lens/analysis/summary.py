@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mythos_lens.analysis.collect import CKA_SITES
-
 
 def adjacent_pairs(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Rows of a loop × loop table with ``loop_b == loop_a + 1`` (t, t+1 pairs)."""
@@ -39,7 +37,7 @@ def summarize_checkpoint(tables: dict[str, pd.DataFrame], name: str) -> list[str
         adj = adjacent_pairs(cka, ["site"]).groupby("site")["value"].mean()
         out.append(
             "Mean debiased CKA between adjacent loops (t, t+1): "
-            + ", ".join(f"{s} {fmt_number(adj.get(s, np.nan))}" for s in CKA_SITES)
+            + ", ".join(f"{s} {fmt_number(v)}" for s, v in adj.items())
             + ". h_t carries B·e and the decayed past at every loop, so its similarity is inflated;"
             " Δh_t and block_out say whether successive loop steps *do* similar things."
         )

@@ -40,9 +40,16 @@ def probe_tables(col: Collector, cfg: AnalyzeConfig, name: str) -> pd.DataFrame:
     frames = []
     kw = dict(n_splits=cfg.probe_splits, seed=cfg.seed)
     drop = loop_channels(col.d)
-    for site in ("resid_post", "block_in"):
-        acts = _cat(buf, site, 1)  # [L, N, 1, d]
-        for channels, dc in (("all", None), ("no_loop_emb", drop)):
+    for role in ("state", "block_in"):
+        if role not in buf:
+            continue
+        site = col.site(role)
+        acts = _cat(buf, role, 1)  # [L, N, 1, d]
+        # the loop-index sinusoid lives in the first d/8 channels of OpenMythos's block input
+        variants = (
+            (("all", None), ("no_loop_emb", drop)) if "lora" in col.roles else (("all", None),)
+        )
+        for channels, dc in variants:
             s = summarize(probe_loop_index(acts, types=types, drop_channels=dc, **kw))
             frames.append(s.assign(probe="loop_index", site=site, channels=channels, loop=-1,
                                    hop=-1))  # fmt: skip
@@ -55,7 +62,7 @@ def probe_tables(col: Collector, cfg: AnalyzeConfig, name: str) -> pd.DataFrame:
             lab[hops < j] = -1
             if int((lab >= 0).sum()) >= 2 * cfg.probe_splits:
                 labels[j] = lab.view(n, 1)
-        acts = _cat(buf, "resid_post", 1)
+        acts = _cat(buf, "state", 1)
         if labels:
             hm = hop_matrix(acts, labels, types=types, **kw)
             # What memorising the input token type alone gives: the same probe on a one-hot of
@@ -70,7 +77,7 @@ def probe_tables(col: Collector, cfg: AnalyzeConfig, name: str) -> pd.DataFrame:
                           for t in sorted(hm.loop.unique())]  # fmt: skip
             hm = pd.concat([hm, pd.DataFrame(extra)], ignore_index=True)
             hm["probe"] = "hop_" + hm["hop"].astype(str)
-            frames.append(hm.assign(site="resid_post", channels="all"))
+            frames.append(hm.assign(site=col.site("state"), channels="all"))
     out = pd.concat(frames, ignore_index=True)
     out["checkpoint"] = name
     out["n_examples"] = n
@@ -84,31 +91,35 @@ def probe_tables(col: Collector, cfg: AnalyzeConfig, name: str) -> pd.DataFrame:
 
 def collector_tables(col: Collector, model: OpenMythos, cfg: AnalyzeConfig, name: str) -> dict:
     tables: dict[str, pd.DataFrame] = {}
-    frames = [acc.table(site) for site, acc in col.cka.items()]
+    names = {"state": col.site("state"), "delta": "delta_h", "block_out": col.site("block_out")}
+    frames = [acc.table(names[role]) for role, acc in col.cka.items()]
     cka = pd.concat(frames, ignore_index=True)
     cka.insert(0, "checkpoint", name)
     cka["n_tokens"] = col.n_tokens
     tables["cka"] = cka
 
     ro = col.router.frame(["loop_a", "loop_b", "metric"])
-    mats = []
-    for metric in ("overlap_at_k", "jaccard"):
-        sub = ro[ro.metric == metric].rename(columns={"value": metric})
-        mats.append(overlap_matrix(sub, metric))
-    ro = pd.concat(mats, ignore_index=True)
-    base = random_overlap_baseline(col.k, col.E)
-    ro["random_baseline"] = ro["metric"].map(base)
-    ro["n_tokens"] = col.n_tokens
-    ro.insert(0, "checkpoint", name)
-    tables["router"] = ro
+    if len(ro):
+        mats = []
+        for metric in ("overlap_at_k", "jaccard"):
+            sub = ro[ro.metric == metric].rename(columns={"value": metric})
+            mats.append(overlap_matrix(sub, metric))
+        ro = pd.concat(mats, ignore_index=True)
+        base = random_overlap_baseline(col.k, col.E)
+        ro["random_baseline"] = ro["metric"].map(base)
+        ro["n_tokens"] = col.n_tokens
+    tables["router"] = ro.assign(checkpoint=name)
 
     lens = col.lens.frame(["lens", "loop", "metric"])
     lens.insert(0, "checkpoint", name)
     tables["lens"] = lens
 
     conv = col.conv.frame(["loop", "metric"]).drop(columns="n")
-    params = {"injection_A": model.recurrent.injection.get_A().detach()}
-    extra = [pd.DataFrame([{"loop": -1, "metric": "rho_A", "value": rho_A(params["injection_A"])}])]
+    params = col.adapter.params(model)
+    extra = []
+    if "injection_A" in params:
+        extra.append(pd.DataFrame([{"loop": -1, "metric": "rho_A",
+                                    "value": rho_A(params["injection_A"])}]))  # fmt: skip
     if col.spectral is not None:
         extra.append(col.spectral)
     conv = pd.concat([conv, *extra], ignore_index=True)
@@ -129,28 +140,23 @@ def collector_tables(col: Collector, model: OpenMythos, cfg: AnalyzeConfig, name
     else:
         tables["accuracy"] = pd.DataFrame(columns=list(TABLE_COLUMNS["accuracy"]))
 
-    ids_all = _cat(col.buffer, "expert_ids", 1)
-    load = load_summary(ids_all, col.E)
-    load.insert(0, "checkpoint", name)
-    tables["load"] = load
-    tables["expert_load"] = expert_load(ids_all, col.E).assign(checkpoint=name)
+    if "experts" in col.buffer:
+        ids_all = _cat(col.buffer, "experts", 1)
+        tables["load"] = load_summary(ids_all, col.E).assign(checkpoint=name)
+        tables["expert_load"] = expert_load(ids_all, col.E).assign(checkpoint=name)
+    else:
+        tables["load"] = tables["expert_load"] = pd.DataFrame(columns=["loop"])
 
-    scale = model.recurrent.lora.scale.weight.detach().cpu().float()
-    rows_used = [min(t, model.cfg.max_loop_iters - 1) for t in range(col.n_loops)]
-    lora = lora_delta_ratio(_cat(col.buffer, "lora_delta", 1), _cat(col.buffer, "block_out", 1))
-    norms = pd.DataFrame(
-        {
-            "loop": range(col.n_loops),
-            "metric": "scale_norm",
-            "value": [float(scale[r].norm()) for r in rows_used],
-        }  # fmt: skip
-    )
-    lora = pd.concat([norms, lora], ignore_index=True)
-    lora.insert(0, "checkpoint", name)
-    tables["lora"] = lora
-    cos = lora_scale_cosine(scale)
-    cos.insert(0, "checkpoint", name)
-    tables["lora_cosine"] = cos
+    if "lora" in col.buffer:
+        scale = params["lora_scale"]
+        rows_used = [min(t, scale.shape[0] - 1) for t in range(col.n_loops)]
+        lora = lora_delta_ratio(_cat(col.buffer, "lora", 1), _cat(col.buffer, "block_out", 1))
+        norms = pd.DataFrame({"loop": range(col.n_loops), "metric": "scale_norm",
+                              "value": [float(scale[r].norm()) for r in rows_used]})  # fmt: skip
+        tables["lora"] = pd.concat([norms, lora], ignore_index=True).assign(checkpoint=name)
+        tables["lora_cosine"] = lora_scale_cosine(scale).assign(checkpoint=name)
+    else:
+        tables["lora"] = tables["lora_cosine"] = pd.DataFrame(columns=["loop"])
 
     tables["probes"] = probe_tables(col, cfg, name)
     tables.update(col.causal.tables(name))
