@@ -203,9 +203,22 @@ def load_checkpoint(
     return model.to(device=dev).eval()
 
 
+def checkpoint_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` block of our ``config.json``; ``{}`` for another format's directory
+    (e.g. a transformers model saved with ``save_pretrained``)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raw = None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        return {}
+    return read_config(directory).get("metadata", {})
+
+
 def load_task(directory: str | os.PathLike):
     """The ground-truth task a checkpoint was trained on (``metadata.task``), or ``None``."""
     from mythos_lens.tasks.registry import task_from_spec
 
-    spec = read_config(directory).get("metadata", {}).get("task")
+    spec = checkpoint_metadata(directory).get("task")
     return None if spec is None else task_from_spec(spec)

@@ -257,8 +257,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
     _use_threads(args.threads)  # small models on shared cores: 1 is fastest
     t0 = time.perf_counter()
-    out = analyze(args.checkpoints, args.out, cfg, ids_file=args.ids, overwrite=args.overwrite,
-                  plotlyjs=args.plotlyjs)  # fmt: skip
+    out = analyze(args.checkpoints, args.out, cfg, ids_file=args.ids, text_file=args.text,
+                  overwrite=args.overwrite, plotlyjs=args.plotlyjs)  # fmt: skip
     meta = json.loads((out / "run.json").read_text())
     print(f"wrote {out} ({time.perf_counter() - t0:.1f} s, peak RSS {meta['peak_rss_mb']} MB)")
     print(f"report: {out / 'report.html'}")
@@ -268,10 +268,15 @@ def _analyze(args: argparse.Namespace) -> int:
 def add_analyze_command(sub: argparse._SubParsersAction) -> None:
     """``mythos-lens analyze CHECKPOINT... --out DIR``."""
     p = sub.add_parser("analyze", help="run every instrument over many inputs: tables + report")
-    p.add_argument("checkpoints", nargs="+", help="checkpoint directories")
+    p.add_argument("checkpoints", nargs="+",
+                   help="model directories: mythos-lens checkpoints or transformers models "
+                   "(HRM-Text, ALBERT) saved with save_pretrained")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--ids", default=None,
                    help="inputs: dataset .safetensors or text file of token ids (default: task)")  # fmt: skip
+    p.add_argument("--text", default=None,
+                   help="inputs: text file, one input per line, tokenised with each model "
+                   "directory's tokenizer.json")  # fmt: skip
     add_analysis_options(p)
     p.set_defaults(handler=_analyze)
 

@@ -6,11 +6,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.inputs import parse_token_ids
+from mythos_lens.loading import encode_texts
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
 
@@ -97,3 +99,17 @@ def read_inputs(path: str | os.PathLike) -> Inputs:
     except MythosLensError as exc:
         raise MythosLensError(f"{p}: {exc.what}", exc.expected) from None
     return Inputs(torch.tensor(rows, dtype=torch.long), None, None, f"ids file {p.name}")
+
+
+def text_inputs(path: str | os.PathLike, tokenizer: Any) -> Inputs:
+    """Inputs from a text file, one sequence per line, tokenised with `tokenizer` (no labels;
+    every line must give the same number of tokens)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MythosLensError(f"{p} does not exist", "a text file, one input per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MythosLensError(f"{p} is not UTF-8 text (byte {exc.start})", "UTF-8 text") from None
+    rows = encode_texts(tokenizer, text)
+    return Inputs(torch.tensor(rows, dtype=torch.long), None, None, f"text file {p.name}")

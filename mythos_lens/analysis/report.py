@@ -59,14 +59,17 @@ def report_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, Any]]:
                      loop_loop_heatmap(sub, title=f"{ck}: CKA of Δh_t")))  # fmt: skip
     ro = tables["router"]
     a = adjacent_pairs(ro[ro.metric == "overlap_at_k"], ["checkpoint"])
-    fig = go.Figure()
-    for ck, g in a.groupby("checkpoint", sort=False):
-        fig.add_trace(go.Scatter(x=g.loop_a, y=g.value, mode="lines+markers", name=ck))
-    fig.add_hline(y=float(a.random_baseline.iloc[0]), line_dash="dot",
-                  annotation_text="random k/E")  # fmt: skip
-    fig.update_layout(title="router overlap@k between loops t and t+1", xaxis_title="loop t",
-                      yaxis_title="overlap@k", yaxis_range=[0, 1.05])  # fmt: skip
-    figs.append(("Experts re-used between adjacent loops, against the random baseline k/E.", fig))
+    if len(a):  # models without a router have no such table
+        fig = go.Figure()
+        for ck, g in a.groupby("checkpoint", sort=False):
+            fig.add_trace(go.Scatter(x=g.loop_a, y=g.value, mode="lines+markers", name=ck))
+        fig.add_hline(y=float(a.random_baseline.iloc[0]), line_dash="dot",
+                      annotation_text="random k/E")  # fmt: skip
+        fig.update_layout(title="router overlap@k between loops t and t+1",
+                          xaxis_title="loop t", yaxis_title="overlap@k",
+                          yaxis_range=[0, 1.05])  # fmt: skip
+        figs.append(("Experts re-used between adjacent loops, against the random baseline "
+                     "k/E.", fig))  # fmt: skip
     pr = tables["probes"]
     if len(pr):
         li = pr[(pr.probe == "loop_index") & pr.metric.isin(["task_acc", "control_acc",
@@ -103,12 +106,12 @@ def report_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, Any]]:
                      "position.", fig))  # fmt: skip
     conv = tables["convergence"]
     fig = go.Figure()
-    for (ck, m), g in conv[conv.metric.isin(["rel_step", "kl_prev_coda", "spectral_radius"])
+    for (ck, m), g in conv[conv.metric.isin(["rel_step", "kl_prev_exit", "spectral_radius"])
                            ].groupby(["checkpoint", "metric"], sort=False):  # fmt: skip
         fig.add_trace(go.Scatter(x=g.loop, y=g.value, mode="lines+markers", name=f"{ck} {m}"))
     fig.update_layout(title="convergence per loop", xaxis_title="loop", yaxis_type="log")
-    figs.append(("Relative step size, KL between successive coda-lens readouts, and the loop "
-                 "map's Jacobian spectral radius.", fig))  # fmt: skip
+    figs.append(("Relative step size, KL between successive exit-lens readouts, and the loop "
+                 "map's Jacobian spectral radius (where the model provides its loop map).", fig))  # fmt: skip
     lens = tables["lens"]
     metric = "target_rank" if (lens.metric == "target_rank").any() else "final_rank"
     fig = go.Figure()
@@ -126,7 +129,7 @@ def report_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, Any]]:
     lc = tables["lora_cosine"]
     for ck in names:
         sub = lc[lc.checkpoint == ck]
-        if sub["value"].notna().any():
+        if len(sub) and sub["value"].notna().any():
             figs.append((f"{ck}: cosine between per-loop LoRA scale vectors.",
                          loop_loop_heatmap(sub, title=f"{ck}: LoRA scale cosine")))  # fmt: skip
     return figs

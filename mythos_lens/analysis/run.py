@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mythos_lens.adapters import adapter_for
 from mythos_lens.analysis.collect import Collector
 from mythos_lens.analysis.columns import TABLE_COLUMNS
-from mythos_lens.analysis.config import AnalyzeConfig, Inputs, read_inputs, task_inputs
+from mythos_lens.analysis.config import AnalyzeConfig, Inputs, read_inputs, task_inputs, text_inputs
 from mythos_lens.analysis.report import build_report
 from mythos_lens.analysis.tables import (
     collector_tables,
@@ -31,8 +31,9 @@ from mythos_lens.analysis.tables import (
     write_tables,
 )
 from mythos_lens.atomic import AtomicDir
-from mythos_lens.checkpoint import check_checkpoint, load_checkpoint, load_task, read_config
+from mythos_lens.checkpoint import checkpoint_metadata, load_task
 from mythos_lens.errors import MythosLensError
+from mythos_lens.loading import check_model_dir, load_model, load_tokenizer
 from mythos_lens.model import check_n_loops
 from mythos_lens.tasks.base import TaskBatch
 
@@ -102,12 +103,15 @@ def analyze(
     cfg: AnalyzeConfig | None = None,
     *,
     ids_file: str | os.PathLike | None = None,
+    text_file: str | os.PathLike | None = None,
     overwrite: bool = False,
     plotlyjs: str = "inline",
     on_batch: Callable[[int], None] | None = None,
 ) -> Path:
-    """Analyze each checkpoint directory; write tables, ``run.json`` and ``report.html`` to
-    ``out`` atomically. Returns ``out``."""
+    """Analyze each model directory (ours or a supported transformers model); write tables,
+    ``run.json`` and ``report.html`` to ``out`` atomically. Inputs: the checkpoint's task
+    (default), `ids_file` (token ids or a dataset) or `text_file` (one text per line, tokenised
+    with each directory's ``tokenizer.json``). Returns ``out``."""
     cfg = cfg or AnalyzeConfig()
     if isinstance(cfg, dict):
         cfg = AnalyzeConfig(**cfg)
@@ -123,32 +127,38 @@ def analyze(
             "distinct folder names (tables are keyed by them)",
         )
     for p in paths:
-        check_checkpoint(p)
+        check_model_dir(p)
+    if ids_file is not None and text_file is not None:
+        raise MythosLensError("both --ids and --text", "one source of inputs")
     shared = read_inputs(ids_file) if ids_file is not None else None
-    tasks = {}
+    inputs_of: dict[Path, Inputs | None] = {}
     for p in paths:
-        tasks[p] = None if shared is not None else load_task(p)
-        if shared is None and tasks[p] is None:
-            raise MythosLensError(f"{p} records no task", "--ids FILE with token ids")
+        if shared is not None:
+            inputs_of[p] = shared
+        elif text_file is not None:
+            inputs_of[p] = text_inputs(text_file, load_tokenizer(p))
+        else:
+            task = load_task(p)
+            if task is None:
+                raise MythosLensError(f"{p} records no task", "--ids FILE or --text FILE")
+            inputs_of[p] = task_inputs(task, cfg.n_examples, cfg.seed, cfg.hops)
     t0 = time.perf_counter()
     per_model = []
     atomic = AtomicDir(out, overwrite)
     with atomic as tmp:
         for p in paths:
-            model = load_checkpoint(p)
-            task = tasks[p]
-            inputs = shared or task_inputs(task, cfg.n_examples, cfg.seed, cfg.hops)
-            per_model.append(analyze_model(model, inputs, cfg, p.name, on_batch=on_batch))
+            model = load_model(p)
+            per_model.append(analyze_model(model, inputs_of[p], cfg, p.name, on_batch=on_batch))
         tables = concat_tables(per_model)
         write_tables(tables, tmp)
         meta = {
             "checkpoints": [str(c) for c in checkpoints],
             "train_configs": {
-                n: read_config(c).get("metadata", {}).get("train_config")
+                n: checkpoint_metadata(c).get("train_config")
                 for n, c in zip(names, checkpoints, strict=True)
             },
             "config": dataclasses.asdict(cfg),
-            "inputs": str(ids_file) if ids_file else "task held-out split",
+            "inputs": str(ids_file or text_file or "task held-out split"),
             "models": tables["_meta"].to_dict(orient="records"),
             "columns": {k: v for k, v in TABLE_COLUMNS.items() if k in tables},
             "seconds": round(time.perf_counter() - t0, 1),

@@ -27,3 +27,14 @@ def saved_hrm(directory: Path, seed: int = 0) -> Path:
     """A tiny HRM-Text saved with ``save_pretrained`` (safetensors) into `directory`."""
     hrm_model(seed).save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def word_tokenizer(directory: Path, vocab_size: int = 64) -> Path:
+    """A ``tokenizer.json`` (tokenizers' WordLevel) with words ``w0 … w{vocab-1}``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(directory / "tokenizer.json"))
+    return directory / "tokenizer.json"
