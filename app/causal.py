@@ -42,8 +42,12 @@ def depth_tables(
     p = position % len(ids[0])
     sl = slice(p, p + 1)
     tgt = None if targets is None else torch.tensor(targets)[:, sl]
-    share = act_share_table(tr["act_weight"][:, :, sl])
     stop = stop_effect_table(exit_lg[:, :, sl], tr.logits[:, sl], target_ids=tgt)
+    weights = state.adapter_of(directory).roles.get("act_weight")
+    if weights:
+        share = act_share_table(tr[weights][:, :, sl])
+    else:  # no ACT: the readout reads the last state alone
+        share = act_share_table(torch.eye(tr.n_loops)[-1].view(-1, 1, 1).expand(-1, len(ids), 1))
     depth = effective_depth(exit_lg[:, :, sl], tr.logits[:, sl])
     matters = loops_that_matter(depth, tr.n_loops)
     return {"summary": depth_summary(share, stop), "matters": matters,

@@ -17,25 +17,34 @@ if _REPO not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from app import state  # noqa: E402
 from app.sidebar import sidebar  # noqa: E402
 from app.state import use_threads  # noqa: E402
 from mythos_lens.errors import MythosLensError  # noqa: E402
 
-PAGES = [
-    st.Page("views/trajectories.py", title="Trajectories", default=True),
-    st.Page("views/experts.py", title="Experts"),
-    st.Page("views/loops.py", title="Loops compared"),
-    st.Page("views/causal.py", title="Causal"),
-    st.Page("views/lora.py", title="Depth-wise LoRA"),
-    st.Page("views/compare.py", title="Compare"),
-]
+# Page key (as adapters list them in ``pages``) -> page. A model shows only the pages it has.
+PAGES = {
+    "trajectories": ("views/trajectories.py", "Trajectories"),
+    "experts": ("views/experts.py", "Experts"),
+    "loops": ("views/loops.py", "Loops compared"),
+    "causal": ("views/causal.py", "Causal"),
+    "lora": ("views/lora.py", "Depth-wise LoRA"),
+    "compare": ("views/compare.py", "Compare"),
+}
 
 st.set_page_config(page_title="mythos-lens", layout="wide")
 use_threads()
-page = st.navigation(PAGES)
 selection = sidebar()
 if selection is None:
+    st.navigation([st.Page(PAGES["trajectories"][0], title="Trajectories", default=True)])
     st.stop()
+try:
+    keys = state.adapter_of(selection.directory).pages
+except MythosLensError as exc:
+    st.error(str(exc))
+    st.stop()
+pages = [st.Page(PAGES[k][0], title=PAGES[k][1], default=i == 0) for i, k in enumerate(keys)]
+page = st.navigation(pages)
 st.session_state["selection"] = selection
 try:
     page.run()

@@ -42,11 +42,12 @@ def _upload_box() -> None:
 def _trained_loops(directory: str) -> tuple[int, str]:
     """(default loop count, what training used as text): the evaluation loop count of training
     (else its loop count, else max_loop_iters) and e.g. ``"4"`` or ``"2–6"``."""
-    train = state.checkpoint_metadata(directory).get("train_config", {})
+    train = state.checkpoint_metadata(directory).get("train_config", {}) or {}
     loops, low, evald = train.get("loops"), train.get("loops_min"), train.get("eval_loops")
     if not (isinstance(loops, int) and loops >= 1):
-        n = int(state.read_config(directory)["mythos_config"]["max_loop_iters"])
-        return n, f"max_loop_iters {n}"
+        model = state.model_for(directory)
+        n = int(state.adapter_of(directory).default_steps(model))
+        return n, f"configured {n}"
     default = evald if isinstance(evald, int) and evald >= 1 else loops
     text = f"{low}–{loops}" if isinstance(low, int) and low < loops else str(loops)
     return default, text
@@ -75,7 +76,9 @@ def sidebar() -> state.Selection | None:
         sb.error(str(exc))
         return None
 
-    sources = ["Task instance", "Token ids"] if task is not None else ["Token ids"]
+    sources = (["Task instance"] if task is not None else []) + ["Token ids"]
+    if state.tokenizer_for(directory) is not None:
+        sources.append("Text")
     source = sb.radio("Input", sources, key="input_source", horizontal=True)
     n_loops = sb.number_input(
         f"Loops (trained with {trained})",
@@ -109,6 +112,16 @@ def sidebar() -> state.Selection | None:
                 hop_entities=data["hop_entities"],
                 hops=data["hops"],
                 task_args=args,
+            )
+        elif source == "Text":
+            text = sb.text_area("Text (one input per line, equal token counts)",
+                                key="text_in", height=100)  # fmt: skip
+            sel = state.Selection(
+                name=name,
+                directory=directory,
+                ids=state.text_ids(directory, text),
+                n_loops=int(n_loops),
+                source="text",
             )
         else:
             default = ""

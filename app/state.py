@@ -14,12 +14,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 import torch
-from open_mythos.main import OpenMythos
 
+from mythos_lens.adapters import adapter_for
+from mythos_lens.adapters.base import Adapter
 from mythos_lens.capture import capture
 from mythos_lens.checkpoint import (
     CONFIG_FILE,
@@ -27,12 +29,12 @@ from mythos_lens.checkpoint import (
     check_checkpoint,
     load_checkpoint,
     load_task,
-    read_config,
 )
+from mythos_lens.checkpoint import checkpoint_metadata as read_metadata
 from mythos_lens.errors import MythosLensError
 from mythos_lens.inputs import parse_token_ids
 from mythos_lens.interventions import AblateLora
-from mythos_lens.readouts import coda_lens, exit_states, logit_lens, loop_step
+from mythos_lens.loading import encode_texts, load_model, load_tokenizer
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
 from mythos_lens.trace import Trace
@@ -43,7 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS_ENV = "MYTHOS_LENS_CHECKPOINTS"  # another folder of checkpoints (tests, your own runs)
 DEFAULT_CHECKPOINT = "pointer-lora-on"
 UPLOADS_ENV = "MYTHOS_LENS_UPLOADS"  # where uploads are kept (default: the system temp dir)
-LENSES = ("exit", "logit", "coda", "tuned")  # exit: what a run stopped after step t outputs
 TUNED_LENS_EXAMPLES = 256  # training-split examples the tuned lens is fitted on
 TUNED_LENS_STEPS = 150
 
@@ -84,14 +85,39 @@ def checkpoint_key(directory: str) -> tuple[str, float]:
 
 
 @st.cache_resource(show_spinner="Loading checkpoint …", max_entries=8)
-def _load_model(directory: str, mtime: float) -> OpenMythos:
+def _load_model(directory: str, mtime: float) -> Any:
     del mtime  # part of the cache key only
-    return load_checkpoint(directory)
+    return load_model(directory)
 
 
-def model_for(directory: str) -> OpenMythos:
-    """The validated model of a checkpoint directory (cached per directory and mtime)."""
+def model_for(directory: str) -> Any:
+    """The validated model of a model directory, any supported family (cached per directory
+    and mtime)."""
     return _load_model(*checkpoint_key(directory))
+
+
+def adapter_of(directory: str) -> Adapter:
+    """The adapter of a directory's model: which sites, roles and pages it has."""
+    return adapter_for(model_for(directory))
+
+
+def lenses_for(directory: str) -> tuple[str, ...]:
+    """The lenses this model offers: exit (what a run stopped after step t outputs), its own
+    readouts of the state (logit, coda, …), and tuned when it has a task to fit one on."""
+    adapter = adapter_of(directory)
+    tuned = ("tuned",) if task_for(directory) is not None and "logit" in adapter.readouts else ()
+    return ("exit", *adapter.readouts, *tuned)
+
+
+@st.cache_resource(max_entries=8)
+def _load_tokenizer(directory: str, mtime: float) -> Any:
+    del mtime
+    return load_tokenizer(directory)
+
+
+def tokenizer_for(directory: str) -> Any:
+    """The directory's ``tokenizer.json`` (None without one)."""
+    return _load_tokenizer(*checkpoint_key(directory))
 
 
 @st.cache_resource(max_entries=8)
@@ -106,8 +132,8 @@ def task_for(directory: str) -> PointerTask | None:
 
 
 def checkpoint_metadata(directory: str) -> dict:
-    """The ``metadata`` block of a checkpoint's config.json."""
-    return read_config(directory).get("metadata", {})
+    """The ``metadata`` block of our config.json (``{}`` for a transformers directory)."""
+    return read_metadata(directory)
 
 
 def save_upload(weights: bytes, config: bytes) -> str:
@@ -209,6 +235,11 @@ def task_input(directory: str, mtime: float, n: int, hops: int, seed: int, split
     }
 
 
+def text_ids(directory: str, text: str) -> Ids:
+    """Text tokenised with the directory's tokenizer (one sequence per line)."""
+    return tuple(tuple(r) for r in encode_texts(tokenizer_for(directory), text))
+
+
 def parse_ids(text: str) -> Ids:
     """Typed token ids (see ``mythos_lens.capture.parse_token_ids``) as a hashable cache key."""
     return tuple(tuple(row) for row in parse_token_ids(text))
@@ -241,15 +272,17 @@ def tuned_lens_for(directory: str, mtime: float, n_loops: int) -> TunedLens:
         if lens.n_loops == n_loops:
             return lens
     model = _load_model(directory, mtime)
+    adapter = adapter_for(model)
     task = _load_task(directory, mtime)
     if task is None:
         raise MythosLensError("no task to fit a tuned lens on", "a checkpoint trained on a task")
     batch = task.generate(TUNED_LENS_EXAMPLES, "train", seed=0)
-    tr = capture(model, batch.input_ids, n_loops=n_loops, sites=["resid_post", "logits"])
+    state = adapter.roles["state"]
+    tr = capture(model, batch.input_ids, n_loops=n_loops, sites=[state, "logits"])
     return fit_tuned_lens(
-        tr["resid_post"],
+        tr[state],
         tr.logits,
-        logit_lens(model),
+        adapter.readouts["logit"](model),
         steps=TUNED_LENS_STEPS,
         seed=0,
         progress=False,
@@ -260,20 +293,21 @@ def tuned_lens_for(directory: str, mtime: float, n_loops: int) -> TunedLens:
 def lens_logits(
     directory: str, mtime: float, ids: Ids, n_loops: int, lens: str, ablate: tuple[int, ...] = ()
 ) -> torch.Tensor:
-    """Per-loop lens logits ``[loop, batch, pos, vocab]``: the exit lens (the coda on the ACT sum
-    a run stopped after step t would hand it), or the logit / coda / tuned lens of h_t."""
+    """Per-step lens logits ``[loop, batch, pos, vocab]``: the exit lens (the output a run
+    stopped after step t gives), or one of the model's readouts (logit, coda, …) or the tuned
+    lens, applied to the carried state."""
     model = _load_model(directory, mtime)
+    adapter = adapter_for(model)
     tr = trace_for(directory, mtime, ids, n_loops, ablate)
-    h = tr["resid_post"]
+    h = tr[adapter.roles["state"]]
     if lens == "exit":
-        return apply_lens(exit_states(tr["act_weight"], h), coda_lens(model))
-    if lens == "logit":
-        return apply_lens(h, logit_lens(model))
-    if lens == "coda":
-        return apply_lens(h, coda_lens(model))
+        return adapter.exit_logits(model, tr)
+    if lens in adapter.readouts:
+        return apply_lens(h, adapter.readouts[lens](model))
     if lens == "tuned":
-        return tuned_lens_for(directory, mtime, tr.n_loops).logits(h, logit_lens(model))
-    raise MythosLensError(f"lens {lens!r}", f"one of {list(LENSES)}")
+        logit = adapter.readouts["logit"](model)
+        return tuned_lens_for(directory, mtime, tr.n_loops).logits(h, logit)
+    raise MythosLensError(f"lens {lens!r}", f"one of {['exit', *adapter.readouts, 'tuned']}")
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -324,11 +358,14 @@ def next_token_targets(sel: Selection) -> Ids | None:
 
 
 def decoder(sel: Selection):
-    """Token id -> readable name with the checkpoint's task vocabulary (``"#<id>"`` without one)."""
+    """Token id -> readable name: the task's vocabulary, else the tokenizer's, else ``#<id>``."""
     task = task_for(sel.directory)
-    if task is None:
-        return lambda t: f"#{int(t)}"
-    return task.describe_token
+    if task is not None:
+        return task.describe_token
+    tok = tokenizer_for(sel.directory)
+    if tok is not None:
+        return lambda t: tok.id_to_token(int(t)) or f"#{int(t)}"
+    return lambda t: f"#{int(t)}"
 
 
 @st.cache_data(max_entries=16, show_spinner="Power iteration on the loop map's Jacobian …")
@@ -338,12 +375,15 @@ def jacobian_spectrum(
     """Per loop: spectral radius and norm of the loop map's Jacobian at one example's state
     (``probes.convergence.spectral_radius`` of ``mythos_lens.readouts.loop_step``)."""
     model = _load_model(directory, mtime)
+    adapter = adapter_for(model)
+    if adapter.loop_step is None:
+        raise MythosLensError(f"{adapter.name} models expose no loop map", "an OpenMythos model")
     tr = trace_for(directory, mtime, ids, n_loops)
-    e = tr.stream["e"][example : example + 1]
+    e = tr[adapter.roles["state_in"]][example : example + 1]
     rows = []
     for t in range(tr.n_loops):
-        h_prev = e if t == 0 else tr["resid_post"][t - 1, example : example + 1]
-        r = spectral_radius(loop_step(model, e, t), h_prev, n_iter=30, seed=0)
+        h_prev = e if t == 0 else tr[adapter.roles["state"]][t - 1, example : example + 1]
+        r = spectral_radius(adapter.loop_step(model, e, t), h_prev, n_iter=30, seed=0)
         rows.append({"loop": t, "spectral_radius": r["spectral_radius"],
                      "spectral_norm": r["spectral_norm"]})  # fmt: skip
     return pd.DataFrame(rows)

@@ -33,9 +33,10 @@ st.caption(
 )
 
 c1, c2 = st.columns([1, 2])
+lenses = state.lenses_for(sel.directory)
 lens = c1.radio(
     "Lens",
-    state.LENSES,
+    lenses,
     horizontal=True,
     key="lens",
     help="exit: the output of a run stopped after loop t (the coda reads the ACT sum so far); "
@@ -67,30 +68,32 @@ if sel.answer is not None:
         if ent >= 0 and j + 1 < sel.hops[b]:
             tok = int(task.layout.value_id(ent))
             choices.setdefault(f"after hop {j + 1}: {decode(tok)}", tok)
-vocab = state.model_for(sel.directory).cfg.vocab_size
+tr = state.trace_for(*sel.key, sel.ids, sel.n_loops)
+vocab = tr.logits.shape[-1]
 for t in range(vocab):
     choices.setdefault(decode(t), t)
 token_name = c1.selectbox("Token", list(choices), key="traj_token")
 position = c2.number_input(
     "Position", min_value=0, max_value=len(ids) - 1, value=len(ids) - 1, key="traj_pos"
 )
-lenses = c3.multiselect(
-    "Lenses", state.LENSES, default=["exit", "logit", "coda"], key="traj_lenses"
+chosen = c3.multiselect(
+    "Lenses",
+    lenses,
+    default=[x for x in ("exit", "logit", "coda") if x in lenses],
+    key="traj_lenses",
 )
 token = choices[token_name]
 control = tuple(tuple(token for _ in row) for row in sel.ids)
 title = f"rank of {decode(token)} at position {position} ({decode(ids[position])}), 0 = top-1"
 lines = go.Figure(layout={"title": title, "xaxis_title": "loop", "yaxis_title": "rank"})
-for name in lenses:
+for name in chosen:
     t = state.lens_frame(*sel.key, sel.ids, sel.n_loops, name, None, control)
     one_lens = plots.rank_trajectories(t[t["pos"] == position], "control_rank", batch=b)
     lines.add_trace(one_lens.data[0].update(name=name))
 st.plotly_chart(figures.style(lines), key="traj_ranks")
 
 st.subheader("Orbits of the latent state")
-orbits = plots.pca_orbit_table(
-    state.trace_for(*sel.key, sel.ids, sel.n_loops)["resid_post"], positions=None
-)
+orbits = plots.pca_orbit_table(tr[state.adapter_of(sel.directory).roles["state"]], positions=None)
 st.caption(
     "h_t of every token at every loop, projected on the top two principal components of all "
     f"{len(sel.ids)} example(s); grey lines join one token's loops, markers are coloured by loop."
