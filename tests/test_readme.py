@@ -77,3 +77,12 @@ def test_causal_example_runs():
     exec(compile(capture_block + causal_block, "README.md", "exec"), scope)
     assert tuple(scope["depth"].shape) == (2, 12)
     assert torch.equal(scope["exit_logits"][-1], scope["tr"].logits)
+
+
+def test_hrm_example_runs():
+    block = next(b for b in _python_blocks() if "HrmTextConfig" in b)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["tr"].steps["L"] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert tuple(scope["tr"]["L_out"].shape) == (6, 1, 8, 32)
+    assert scope["more"].steps["H"] == [0, 1, 2]
