@@ -30,6 +30,7 @@ from mythos_lens.model import (
     model_skeleton,
     require_openmythos,
 )
+from mythos_lens.readout_rule import readout_rule_of, set_readout_rule
 
 FORMAT = "mythos-lens/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,11 +74,14 @@ def save_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
+    meta = dict(metadata or {})
+    if readout_rule_of(model) != "act":
+        meta["readout_rule"] = readout_rule_of(model)
     config = {
         "format": FORMAT,
         "mythos_config": config_to_dict(model.cfg),
         "weights_dtype": dtype,
-        "metadata": metadata or {},
+        "metadata": meta,
     }
     write_json_atomic(out / CONFIG_FILE, config)
     return out
@@ -200,6 +204,8 @@ def load_checkpoint(
     model.load_state_dict({k: v.to(torch.float32) for k, v in loaded.items()}, strict=False)
     model.head.weight = model.embed.weight  # keep the tie upstream sets up
     check_finite_weights(model)
+    rule = read_config(directory).get("metadata", {}).get("readout_rule", "act")
+    set_readout_rule(model, rule)  # what the coda reads is part of the recipe
     return model.to(device=dev).eval()
 
 

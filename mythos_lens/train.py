@@ -14,6 +14,8 @@ Training-recipe choices (the architecture is never changed):
   LoRA's ``down`` and ``B``), so the LoRA delta ``(down(x) * scale[t]) @ B`` is exactly zero.
 * ``act_threshold`` (default 1e9): the cumulative halting probability can never reach it, so every
   loop runs and the coda sees ``sum_t p_t h_t`` over all loops (upstream's ACT weighting).
+* ``readout_rule`` (default ``act``): what the coda reads (``last``: the last h_t; ``normalized``:
+  the p_t as a distribution; ``mythos_lens.readout_rule``), recorded in the checkpoint.
 * ``loops_min``: when set, the loop count of each batch is drawn uniformly from
   ``[loops_min, loops]`` (OpenMythos issue 28: random-loop training extrapolates in depth better).
 * ``curriculum_steps``: hop count 1 only until 1-hop held-out accuracy reaches ``curriculum_acc``
@@ -40,6 +42,7 @@ from mythos_lens.checkpoint import save_checkpoint
 from mythos_lens.errors import MythosLensError, check_float, check_int
 from mythos_lens.evaluate import extrapolation_table, forward_last, heldout_set, per_hop_accuracy
 from mythos_lens.model import build_model, check_device, tiny_config
+from mythos_lens.readout_rule import RULES, set_readout_rule
 from mythos_lens.tasks.pointer import PointerTask
 from mythos_lens.tasks.registry import get_task
 
@@ -73,6 +76,7 @@ class TrainConfig:
     loops: int = 4
     loops_min: int | None = None
     act_threshold: float = 1e9
+    readout_rule: str = "act"  # what the coda reads: act (upstream), last, normalized
     lora: bool = True
     embed_init_std: float | None = 1.0
     # optimisation
@@ -162,6 +166,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         check_float("early_stop_acc", cfg.early_stop_acc, 0.0, 1.0)
     if cfg.embed_init_std is not None:
         check_float("embed_init_std", cfg.embed_init_std, 0.0, lo_open=True)
+    if cfg.readout_rule not in RULES:
+        raise MythosLensError(f"readout_rule={cfg.readout_rule!r}", f"one of {list(RULES)}")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise MythosLensError(f"lr_schedule={cfg.lr_schedule!r}", "'constant' or 'cosine'")
     if cfg.dtype not in DTYPES:
@@ -251,6 +257,7 @@ def _train(cfg: TrainConfig, task: PointerTask) -> TrainResult:
         reinit_embedding(model, cfg.embed_init_std, seed=cfg.seed + 7919)
     if not cfg.lora:
         disable_lora(model)
+    set_readout_rule(model, cfg.readout_rule)  # recorded in the checkpoint, applied on load
     model.to(device).train()
     eval_loops = cfg.eval_loops or cfg.loops
     params = [p for p in model.parameters() if p.requires_grad]

@@ -19,6 +19,7 @@ from mythos_lens.attention import attention_pattern
 from mythos_lens.errors import MythosLensError
 from mythos_lens.inputs import as_input_ids
 from mythos_lens.model import config_to_dict
+from mythos_lens.readout_rule import combine, readout_rule_of
 from mythos_lens.readouts import coda_lens, exit_states, logit_lens, loop_step
 from mythos_lens.sites import LAYER, Site, SiteTable
 
@@ -136,8 +137,12 @@ def install(session: Any) -> None:
             )
         return emit("lora_delta", out, args)
 
+    rule = readout_rule_of(m)
+
     def on_injection(mod, args, kwargs, out):
-        return emit("resid_post", out, args)
+        h = emit("resid_post", out, args)
+        st.setdefault("hs", []).append(h)  # the values the loop goes on with (after edits)
+        return h
 
     def on_act(mod, args, kwargs, out):
         p = emit("halt_prob", out, args)
@@ -150,9 +155,12 @@ def install(session: Any) -> None:
         st["halted"] = st["halted"] | (st["cum_p"] >= thr)
         emit("act_weight", weight, args)
         emit("cum_halt_prob", st["cum_p"], args)
+        st.setdefault("ps", []).append(p)
         return None if p is out else p
 
     def on_recurrent(mod, args, kwargs, out):
+        if rule != "act":  # the model's readout rule, from this forward's (edited) values
+            out = combine(rule, st["hs"], st["ps"])
         return emit("act_out", out, args)
 
     def on_attention(site: str, layer: int | None):
@@ -196,11 +204,17 @@ def run(model: OpenMythos, ids: torch.Tensor, n_steps: int, run_all_steps: bool)
 
 
 def exit_logits(model: OpenMythos, trace: Any) -> torch.Tensor:
-    """``[loop, batch, pos, vocab]``: the coda on the ACT sum a run stopped after loop t
-    receives (:func:`~mythos_lens.readouts.exit_states`); row t equals a run with
-    ``n_loops=t+1`` bit for bit. Needs every position and ``act_weight``, ``resid_post``."""
+    """``[loop, batch, pos, vocab]``: the coda on what a run stopped after loop t hands it
+    (the ACT sum so far, :func:`~mythos_lens.readouts.exit_states`, or the model's readout
+    rule applied to the loops so far); row t equals a run with ``n_loops=t+1`` bit for bit.
+    Needs every position, ``resid_post`` and ``act_weight`` (or ``halt_prob``)."""
     coda = coda_lens(model)
-    states = exit_states(trace["act_weight"], trace["resid_post"])
+    rule = readout_rule_of(model)
+    if rule == "act":
+        states = exit_states(trace["act_weight"], trace["resid_post"])
+    else:
+        hs, ps = list(trace["resid_post"]), list(trace["halt_prob"])
+        states = torch.stack([combine(rule, hs[: t + 1], ps[: t + 1]) for t in range(len(hs))])
     with torch.no_grad():
         return torch.stack([coda(states[t]) for t in range(states.shape[0])])
 
@@ -219,9 +233,11 @@ def params(model: OpenMythos) -> dict[str, torch.Tensor]:
 
 def meta(model: OpenMythos, loops_run: int) -> dict[str, Any]:
     """JSON-ready facts recorded in every trace (``lora_row``: the LoRA scale row each loop
-    used; loops beyond ``max_loop_iters`` reuse the last)."""
+    used; loops beyond ``max_loop_iters`` reuse the last; ``readout_rule``: what the coda
+    reads)."""
     cfg = model.cfg
     return {
+        "readout_rule": readout_rule_of(model),
         "lora_row": [min(t, cfg.max_loop_iters - 1) for t in range(loops_run)],
         "config": config_to_dict(cfg),
         "act_threshold": cfg.act_threshold,
