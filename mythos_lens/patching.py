@@ -140,31 +140,69 @@ def patch_sweep(
                        direction, q)  # fmt: skip
 
 
-class _RowScales:
-    """At every loop, recompute the LoRA delta of the whole batch with a per-copy scale row."""
+class _CopyScales:
+    """At every loop, recompute the LoRA delta of the whole batch with a per-copy scale vector
+    (``scales`` ``[loop, copies, rank]``). The same operations as upstream's LoRAAdapter on the
+    whole batch: a copy given its loop's own row gets exactly upstream's delta."""
 
-    def __init__(self, rows: torch.Tensor, B: int) -> None:
-        self.rows, self.B = rows, B  # rows: [loop, copies] scale row used by each copy
+    def __init__(self, scales: torch.Tensor, B: int) -> None:
+        self.scales, self.B = scales, B
+        self.requires = ("lora_delta",)
 
     def __repr__(self) -> str:
-        return "LoRA cross-patch"
+        return "per-copy LoRA scales"
 
     def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
-        if event.site != "lora_delta" or event.loop >= self.rows.shape[0]:
+        if event.site != "lora_delta" or event.loop >= self.scales.shape[0]:
             return None
         lora = event.model.recurrent.lora
-        table = lora.scale.weight
-        s = table[self.rows[event.loop].to(table.device)].repeat_interleave(self.B, 0)
-        # The same operations as upstream's LoRAAdapter on the whole batch: a copy that keeps
-        # its own row gets exactly upstream's delta.
+        s = self.scales[event.loop].to(lora.B).repeat_interleave(self.B, 0)
         return (lora.down(event.inputs[0]) * s.unsqueeze(1)) @ lora.B
+
+
+def lora_scale_sweep(
+    model: Any,
+    input_ids: Any,
+    scales: torch.Tensor,
+    *,
+    n_loops: int | None = None,
+    query: int = -1,
+    chunk: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `input_ids` ``[batch, seq]`` once per scale assignment: ``scales`` ``[copies, loop,
+    rank]`` gives every loop's LoRA scale vector in each copy (e.g. a permutation of the learned
+    rows, or random rows of equal norm). Batched, `chunk` copies per forward.
+
+    Returns ``(patched, baseline)`` ``[copies, batch, vocab]`` at the query position; the
+    baseline is the unpatched model in same-shaped forwards (so a copy holding the learned rows
+    equals it exactly).
+    """
+    model = require_openmythos(model)
+    ids = as_input_ids(input_ids, model)
+    n = check_n_loops(n_loops, model)
+    B, T = ids.shape
+    q = check_int("query", query, -T, T - 1) % T
+    sc = torch.as_tensor(scales, dtype=torch.float32)
+    rank = model.recurrent.lora.scale.embedding_dim
+    if sc.dim() != 3 or sc.shape[1] != n or sc.shape[2] != rank:
+        raise MythosLensError(f"scales of shape {tuple(sc.shape)}", f"[copies, {n}, {rank}]")
+    patched, plain = [], []
+    for start in range(0, sc.shape[0], check_int("chunk", chunk, 1)):
+        part = sc[start : start + chunk]
+        repeated = ids.repeat(part.shape[0], 1)
+        lg, _ = run(model, repeated, n_loops=n, visitors=[_CopyScales(part.transpose(0, 1), B)],
+                    run_all_loops=True)  # fmt: skip
+        base, _ = run(model, repeated, n_loops=n, run_all_loops=True)
+        patched.append(lg[:, q].reshape(part.shape[0], B, -1).cpu())
+        plain.append(base[:, q].reshape(part.shape[0], B, -1).cpu())
+    return torch.cat(patched), torch.cat(plain)
 
 
 def lora_cross_patch(
     model: Any, input_ids: Any, *, n_loops: int | None = None, query: int = -1
 ) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
     """Loop t computed with LoRA scale row t′ (every other loop keeps its own row), for every
-    pair (t, t′) with t′ over the table's rows, in one batched forward.
+    pair (t, t′) with t′ over the table's rows, batched.
 
     Returns ``(cells, patched, baseline)``: ``cells`` has ``loop, row`` per copy, ``patched``
     is ``[cell, batch, vocab]`` at the query position and ``baseline`` the same copies unpatched
@@ -172,19 +210,14 @@ def lora_cross_patch(
     so does every copy of a model whose LoRA scales are zero.
     """
     model = require_openmythos(model)
-    ids = as_input_ids(input_ids, model)
     n = check_n_loops(n_loops, model)
-    B, T = ids.shape
-    q = check_int("query", query, -T, T - 1) % T
-    R = model.recurrent.lora.scale.num_embeddings
+    table = model.recurrent.lora.scale.weight.detach()
+    R = table.shape[0]
     own = torch.tensor([min(t, R - 1) for t in range(n)])
     cells = pd.DataFrame([(t, r) for t in range(n) for r in range(R)], columns=["loop", "row"])
-    rows = own.view(n, 1).repeat(1, len(cells))
+    rows = own.view(1, n).repeat(len(cells), 1)  # [copies, loop]
     for c, (t, r) in enumerate(cells.itertuples(index=False)):
-        rows[t, c] = r
-    repeated = ids.repeat(len(cells), 1)
-    patched, _ = run(model, repeated, n_loops=n, visitors=[_RowScales(rows, B)],
-                     run_all_loops=True)  # fmt: skip
-    plain, _ = run(model, repeated, n_loops=n, run_all_loops=True)
-    shape = (len(cells), B, -1)
-    return cells, patched[:, q].reshape(shape).cpu(), plain[:, q].reshape(shape).cpu()
+        rows[c, t] = r
+    patched, plain = lora_scale_sweep(model, input_ids, table[rows], n_loops=n, query=query,
+                                      chunk=len(cells))  # fmt: skip
+    return cells, patched, plain

@@ -224,11 +224,19 @@ def probe_per_loop(
     return out
 
 
-def probe_loop_index(acts: Any, *, types: Any = None, mask: Any = None, **kw: Any) -> pd.DataFrame:
+LOOP_FEATURES = ("raw", "direction", "log_norm")
+
+
+def probe_loop_index(
+    acts: Any, *, types: Any = None, mask: Any = None, features: str = "raw", **kw: Any
+) -> pd.DataFrame:
     """Decode "which loop is this?" from states pooled over loops.
 
     Each token contributes one row per loop, labelled with the loop index; folds still split by
     sequence. Pass ``drop_channels=loop_channels(d)`` to remove the loop-embedding channels.
+    ``features`` controls for the state's size, which alone can tell loops apart: ``raw``;
+    ``direction`` (each state divided by its norm: what the direction says); ``log_norm`` (the
+    one feature log‖h‖: what the size alone says — the baseline ``direction`` must beat).
 
     Args:
         acts: ``[loop, batch, pos, d]``. types: ``[batch, pos]`` for the control task.
@@ -238,6 +246,16 @@ def probe_loop_index(acts: Any, *, types: Any = None, mask: Any = None, **kw: An
         Tidy ``label="loop_index", fold, metric, value``.
     """
     a = _site(acts)
+    if features not in LOOP_FEATURES:
+        raise MythosLensError(f"features={features!r}", f"one of {list(LOOP_FEATURES)}")
+    if features != "raw" and kw.get("drop_channels") is not None:
+        keep = _keep_columns(a.shape[-1], kw.pop("drop_channels"))
+        a = a[..., keep]
+    norm = a.norm(dim=-1, keepdim=True)
+    if features == "direction":
+        a = a / norm.clamp_min(1e-12)
+    elif features == "log_norm":
+        a = norm.clamp_min(1e-12).log()
     L, B, P, d = a.shape
     if L < 2:
         raise MythosLensError(f"{L} loop", ">= 2 loops to tell apart")

@@ -149,3 +149,21 @@ def test_on_a_real_capture():
     li = probe_loop_index(tr.loop["block_in"], n_splits=3)
     assert metric(li, "task_acc").mean() > 0.9  # the loop embedding makes this easy
     assert loop_channels(d) == slice(0, tr.meta["loop_dim"])
+
+
+def test_loop_index_norm_controls_known_answers():
+    from probes.linear import probe_loop_index, summarize
+
+    g = torch.Generator().manual_seed(0)
+    # loops told apart ONLY by size: direction carries nothing, the log-norm alone suffices
+    base = torch.nn.functional.normalize(torch.randn(1, 40, 2, 8, generator=g), dim=-1)
+    size_only = torch.cat([base * (t + 1) for t in range(3)])
+    acc = lambda df: summarize(df).set_index("metric").loc["task_acc", "mean"]  # noqa: E731
+    assert acc(probe_loop_index(size_only, features="log_norm", n_splits=4)) == 1.0
+    assert acc(probe_loop_index(size_only, features="direction", n_splits=4)) < 0.6
+    # loops told apart ONLY by direction at equal norm: the norm is no help
+    dirs = torch.nn.functional.normalize(torch.randn(3, 1, 1, 8, generator=g), dim=-1) * 5
+    noise = torch.randn(3, 40, 2, 8, generator=g) * 0.05
+    direction_only = torch.nn.functional.normalize(dirs + noise, dim=-1) * 5
+    assert acc(probe_loop_index(direction_only, features="direction", n_splits=4)) == 1.0
+    assert acc(probe_loop_index(direction_only, features="log_norm", n_splits=4)) < 0.6
