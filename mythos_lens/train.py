@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from mythos_lens.atomic import write_json_atomic
 from mythos_lens.checkpoint import save_checkpoint
+from mythos_lens.curricula import CURRICULA
 from mythos_lens.errors import MythosLensError, check_float, check_int
 from mythos_lens.evaluate import extrapolation_table, forward_last, heldout_set, per_hop_accuracy
 from mythos_lens.model import build_model, check_device, tiny_config
@@ -90,6 +91,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     curriculum_steps: int = 2000
     curriculum_acc: float = 0.95
+    # what each step trains on (mythos_lens.curricula)
+    curriculum: str = "hops"  # hops (1 hop first) | length (chain length 2 -> L, fixed-point)
+    target: str = "answer"  # answer | hop (the entity reached after n_loops hops)
+    function_share: float = 0.0  # length curriculum: share of random-function batches
+    loops_slack: int = 2  # length curriculum: loops drawn from [1, max depth so far + slack]
+    length_acc: float = 0.9  # length curriculum: accuracy that passes a chain length
+    tail: list[list[float]] = field(default_factory=list)  # [[steps, lr_from, lr_to], ...] after
+    tail_focus: float = 0.5  # share of full-length batches in the tail phases
     # evaluation
     eval_every: int = 250
     eval_examples: int = 256  # per hop count, during training
@@ -120,6 +129,14 @@ class TrainResult:
 
 # Presets behind `mythos-lens train --preset NAME`; see data/README.md for the shipped ones.
 PRESETS: dict[str, dict[str, Any]] = {
+    # Fixed-point chains (implicit depth), the coda reading the last state: chain length grows
+    # 2 -> 7, half the batches random functions, each step taught the hop its loop count
+    # reaches; then two decaying learning-rate phases. Trained on depths 1-3 with <= 5 loops.
+    "fixed-point-last": dict(name="fixed-point-last", task="fixed-point", curriculum="length",
+                             target="hop", function_share=0.5, loops_slack=2,
+                             readout_rule="last", loops=5, max_loop_iters=5, eval_loops=3,
+                             steps=22750, tail=[[3600, 1e-3, 1e-4], [3650, 3e-4, 3e-5]],
+                             extrap_loops=list(range(1, 11)), threads=1),
     # Loops drawn per batch from 2 … 6 (evaluated at 4): reached 100/100/99.8 % on 1/2/3 hops in
     # 10k steps and stays flat up to 12 loops (OpenMythos issue 28); see data/README.md.
     "pointer-lora-on": dict(name="pointer-lora-on", lora=True, loops=6, loops_min=2,
@@ -131,7 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def preset_config(name: str, **overrides: Any) -> TrainConfig:
+def preset_config(name: str, /, **overrides: Any) -> TrainConfig:
     """The TrainConfig of preset `name` (seed `s` > 0 appends ``-s<s>`` to the run name)."""
     if name not in PRESETS:
         raise MythosLensError(f"unknown preset {name!r}", f"one of {sorted(PRESETS)}")
@@ -166,6 +183,22 @@ def check_train_config(cfg: TrainConfig) -> None:
         check_float("early_stop_acc", cfg.early_stop_acc, 0.0, 1.0)
     if cfg.embed_init_std is not None:
         check_float("embed_init_std", cfg.embed_init_std, 0.0, lo_open=True)
+    if cfg.curriculum not in CURRICULA:
+        raise MythosLensError(f"curriculum={cfg.curriculum!r}", f"one of {sorted(CURRICULA)}")
+    if cfg.target not in ("answer", "hop"):
+        raise MythosLensError(f"target={cfg.target!r}", "'answer' or 'hop'")
+    check_float("function_share", cfg.function_share, 0.0, 1.0)
+    check_float("tail_focus", cfg.tail_focus, 0.0, 1.0)
+    check_float("length_acc", cfg.length_acc, 0.0, 1.0)
+    check_int("loops_slack", cfg.loops_slack, 0)
+    if not isinstance(cfg.tail, list):
+        raise MythosLensError(f"tail={cfg.tail!r}", "a list of [steps, lr_from, lr_to]")
+    for phase in cfg.tail:
+        if not isinstance(phase, (list, tuple)) or len(phase) != 3:
+            raise MythosLensError(f"tail phase {phase!r}", "[steps, lr_from, lr_to]")
+        check_int("tail steps", phase[0], 1)
+        check_float("tail lr", phase[1], 0.0, lo_open=True)
+        check_float("tail lr", phase[2], 0.0)
     if cfg.readout_rule not in RULES:
         raise MythosLensError(f"readout_rule={cfg.readout_rule!r}", f"one of {list(RULES)}")
     if cfg.lr_schedule not in ("constant", "cosine"):
@@ -221,6 +254,18 @@ def reinit_embedding(model: OpenMythos, std: float, seed: int) -> None:
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at 0-based `step`: warm-up, the main schedule, then the tail phases."""
+    if step >= cfg.steps and cfg.tail:
+        done = cfg.steps
+        for n, lr_from, lr_to in cfg.tail:
+            if step < done + n:
+                return lr_from + (lr_to - lr_from) * (step - done) / n
+            done += n
+        return cfg.tail[-1][2]
+    return _main_lr(cfg, step)
+
+
+def _main_lr(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
@@ -266,26 +311,21 @@ def _train(cfg: TrainConfig, task: PointerTask) -> TrainResult:
     rng = np.random.default_rng([cfg.seed, 17])
     train_hops = list(range(1, task.train_hops + 1))
     eval_batch = heldout_set(task, train_hops, cfg.eval_examples, cfg.eval_seed)
+    curriculum = CURRICULA[cfg.curriculum](cfg, task)
     history: list[dict[str, Any]] = []
-    in_curriculum = cfg.curriculum_steps > 0 and task.train_hops > 1
-    curriculum_end: int | None = None if in_curriculum else 0
     good_evals = 0
     losses: list[float] = []
+    total = cfg.steps + sum(int(p[0]) for p in cfg.tail)
     t0 = time.perf_counter()
     step = 0
-    bar = tqdm(total=cfg.steps, desc=cfg.name, disable=not cfg.progress, dynamic_ncols=True)
-    for step in range(1, cfg.steps + 1):
-        if in_curriculum and step > cfg.curriculum_steps:
-            in_curriculum, curriculum_end = False, step - 1
-        hops = [1] if in_curriculum else train_hops
-        batch = task.generate(cfg.batch, "train", seed=rng, hops=hops)
-        n_loops = (
-            cfg.loops if cfg.loops_min is None else int(rng.integers(cfg.loops_min, cfg.loops + 1))
-        )
+    bar = tqdm(total=total, desc=cfg.name, disable=not cfg.progress, dynamic_ncols=True)
+    for step in range(1, total + 1):
+        curriculum.in_tail = step > cfg.steps
+        batch, target, n_loops = curriculum.batch(step, rng)
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step - 1)
         logits = forward_last(model, batch.input_ids.to(device), n_loops, cfg.dtype)
-        loss = F.cross_entropy(logits, batch.answer.to(device))
+        loss = F.cross_entropy(logits, target.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -293,20 +333,18 @@ def _train(cfg: TrainConfig, task: PointerTask) -> TrainResult:
         losses.append(float(loss.detach()))
         bar.update(1)
 
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == total:
             acc = per_hop_accuracy(model, eval_batch, eval_loops, cfg.dtype)
             rec = {
                 "step": step,
                 "loss": round(float(np.mean(losses[-cfg.eval_every :])), 5),
                 "heldout_acc": {str(h): round(a, 4) for h, a in acc.items()},
-                "curriculum": in_curriculum,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
+            rec.update(curriculum.after_eval(model, step, acc))
             history.append(rec)
             bar.set_postfix(loss=rec["loss"], **{f"h{h}": f"{a:.2f}" for h, a in acc.items()})
-            if in_curriculum and acc[1] >= cfg.curriculum_acc:
-                in_curriculum, curriculum_end = False, step
-            if not in_curriculum and cfg.early_stop_acc is not None:
+            if curriculum.complete and cfg.early_stop_acc is not None:
                 good_evals = good_evals + 1 if min(acc.values()) >= cfg.early_stop_acc else 0
                 if good_evals >= cfg.early_stop_patience:
                     break
@@ -333,7 +371,7 @@ def _train(cfg: TrainConfig, task: PointerTask) -> TrainResult:
         "heldout_examples_per_hop": cfg.final_eval_examples,
         "eval_loops": eval_loops,
         "steps": step,
-        "curriculum_end_step": curriculum_end,
+        **curriculum.summary(),
         "train_seconds": round(train_seconds, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 5),
         "torch_threads": torch.get_num_threads(),

@@ -29,6 +29,12 @@ def _pointer(**params: Any) -> PointerTask:
     return PointerTask(**params)
 
 
+def _fixed_point(**params: Any) -> Any:
+    from mythos_lens.tasks.fixed_point import FixedPointTask
+
+    return FixedPointTask(**params)
+
+
 def _assoc_recall(**params: Any) -> PointerTask:
     params.setdefault("train_hops", 1)
     params.setdefault("max_hops", 1)
@@ -41,6 +47,13 @@ TASKS: dict[str, TaskInfo] = {
         "pointer chasing over a random function in context: pairs, h<j>, k<s> -> v<f^j(s)>",
         _pointer,
         {"n_entities": 8, "train_hops": 3, "max_hops": 6, "heldout_permille": 200},
+    ),
+    "fixed-point": TaskInfo(
+        "fixed-point",
+        "chains ending in fixed points, in context, no hop token: pairs, k<s> -> v<end of s's "
+        "chain> (depth implicit: more hops need only more loops)",
+        _fixed_point,
+        {"n_chains": 4, "chain_len": 7, "train_hops": 3, "heldout_permille": 200},
     ),
     "assoc-recall": TaskInfo(
         "assoc-recall",
@@ -74,8 +87,9 @@ def task_from_spec(spec: dict[str, Any]) -> PointerTask:
     if not isinstance(spec, dict) or "name" not in spec:
         raise MythosLensError(f"task spec {spec!r}", "a dict with a 'name' (from task.spec())")
     name = spec["name"]
-    keys = ("n_entities", "train_hops", "max_hops", "heldout_permille")
-    params = {k: spec[k] for k in keys if k in spec}
+    if name not in TASKS:
+        raise MythosLensError(f"unknown task {name!r} in a spec", f"one of {sorted(TASKS)}")
+    params = {k: spec[k] for k in TASKS[name].defaults if k in spec}
     if name == "pointer" and params.get("train_hops") == 1 and params.get("max_hops") == 1:
         return get_task("pointer", **params)
     return get_task(name, **params)
