@@ -284,45 +284,47 @@ def add_analyze_command(sub: argparse._SubParsersAction) -> None:
 def _study(args: argparse.Namespace) -> int:
     from mythos_lens.atomic import check_output_dir
 
-    cfg = analysis_config(args)
-    seeds = parse_ints(args.seeds, "--seeds") if args.study == "lora" else None
     check_output_dir(args.out, args.overwrite)  # before hours of training, not after
     from mythos_lens.analysis.run import peak_rss_mb
 
     _use_threads(args.threads)
     t0 = time.perf_counter()
+    jobs = check_int("--jobs", args.jobs, 1)
     if args.study == "depth":
         from mythos_lens.studies.depth import run_depth_study
 
+        cfg = analysis_config(args)
         cks = args.checkpoints or [str(p) for p in sorted(Path(args.dir).glob("*"))
                                    if (p / "model.safetensors").is_file()]  # fmt: skip
         if not cks:
             raise MythosLensError(f"no checkpoint under {args.dir}", "checkpoint directories")
         out = run_depth_study(cks, args.out, cfg, overwrite=args.overwrite,
-                              plotlyjs=args.plotlyjs)  # fmt: skip
+                              plotlyjs=args.plotlyjs, jobs=jobs)  # fmt: skip
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s, peak RSS {peak_rss_mb():.0f} MB")
         return 0
+    from mythos_lens.studies.design import get_design
     from mythos_lens.studies.lora import run_lora_study
-    from mythos_lens.studies.models import reuse_models, train_study_models
+    from mythos_lens.studies.models import study_models
 
+    design = get_design(args.design)
     if args.dir is None:
-        args.dir = "data/checkpoints" if args.reuse else "runs/study/checkpoints"
-    if args.reuse:
-        paths = reuse_models(args.dir, seeds)
-    else:
-        paths = train_study_models(
-            seeds or [0, 1, 2], args.dir, jobs=check_int("--jobs", args.jobs, 1)
+        args.dir = (
+            f"data/checkpoints/lora-study-{design.name}"
+            if args.reuse
+            else f"runs/lora-study-{design.name}/checkpoints"
         )
+    paths, pairs = study_models(design, args.dir, train=not args.reuse, jobs=jobs)
     train_s = time.perf_counter() - t0
-    out = run_lora_study(paths, args.out, cfg, overwrite=args.overwrite, plotlyjs=args.plotlyjs,
+    out = run_lora_study(design, paths, pairs, args.out, jobs=jobs, overwrite=args.overwrite,
+                         plotlyjs=args.plotlyjs,
                          extra_meta={"train_wall_seconds": round(train_s, 1),
-                                     "reuse": bool(args.reuse)})  # fmt: skip
+                                     "reuse": bool(args.reuse), "checkpoints": str(args.dir)})  # fmt: skip
     verdict = json.loads((out / "verdict.json").read_text())
-    print(f"verdict ({verdict['n_seed_pairs']} seed pair(s)): {verdict['overall']}")
-    for v in verdict["lines"].values():
-        print(f"  {v['what']}: {v['estimate']} — {v['reading']}")
+    meta = json.loads((out / "run.json").read_text())
+    print(verdict["statement"])
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s (training {train_s:.1f} s), "
-          f"peak RSS {peak_rss_mb():.0f} MB")  # fmt: skip
+          f"peak RSS {meta['peak_rss_mb']:.0f} MB (largest worker "
+          f"{meta['peak_rss_mb_workers']:.0f} MB)")  # fmt: skip
     return 0
 
 
@@ -330,21 +332,28 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
     """``mythos-lens study lora|depth``."""
     p = sub.add_parser("study", help="flagship studies: LoRA differentiation, depth extrapolation")
     ssub = p.add_subparsers(dest="study", required=True)
-    q = ssub.add_parser("lora", help="LoRA-on vs LoRA-off across seeds, with 95 %% intervals")
+    q = ssub.add_parser("lora", help="LoRA-on vs LoRA-off: the pre-registered design of "
+                        "mythos_lens/studies/design.py")  # fmt: skip
     q.add_argument("--out", required=True, help="output directory (written atomically)")
+    q.add_argument("--design", default="full", help="full (8 seed pairs) or quick (3, ~30 min)")
     q.add_argument("--reuse", action="store_true",
-                   help="use shipped pointer-lora-{on,off}[-sN] from --dir instead of training")  # fmt: skip
-    q.add_argument("--seeds", default=None, help="seeds, e.g. 0-2 (default 0-2; --reuse: all)")
+                   help="analyse the shipped study checkpoints (no training)")  # fmt: skip
     q.add_argument("--dir", default=None,
-                   help="checkpoints: trained into / read from here (default runs/study/"
-                   "checkpoints; with --reuse data/checkpoints)")  # fmt: skip
-    q.add_argument("--jobs", type=int, default=2, help="training processes at a time")
-    add_analysis_options(q, n_default=512)
+                   help="checkpoints: trained into / read from here (default runs/lora-study-"
+                   "DESIGN/checkpoints; with --reuse data/checkpoints/lora-study-DESIGN)")  # fmt: skip
+    q.add_argument("--jobs", type=int, default=2, help="processes at a time (training, measures)")
+    q.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output dir (only one mythos-lens wrote)")  # fmt: skip
+    q.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
+                   help="inline: report opens offline (+4.6 MB); cdn: small file")  # fmt: skip
     q.set_defaults(handler=_study)
-    d = ssub.add_parser("depth", help="accuracy over hops × loops, marked help/flat/overthinking")
+    d = ssub.add_parser("depth", help="accuracy over depth × loops (helps / flat / "
+                        "overthinking) and whether loop t does hop t+1")  # fmt: skip
     d.add_argument("checkpoints", nargs="*", help="checkpoint dirs (default: every one in --dir)")
     d.add_argument("--dir", default="data/checkpoints")
     d.add_argument("--out", required=True)
+    d.add_argument("--jobs", type=int, default=1, help="processes at a time (one per checkpoint)")
     add_analysis_options(d, n_default=512)
     d.set_defaults(handler=_study)
 

@@ -168,14 +168,15 @@ def lora_scale_sweep(
     n_loops: int | None = None,
     query: int = -1,
     chunk: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    baseline: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run `input_ids` ``[batch, seq]`` once per scale assignment: ``scales`` ``[copies, loop,
     rank]`` gives every loop's LoRA scale vector in each copy (e.g. a permutation of the learned
     rows, or random rows of equal norm). Batched, `chunk` copies per forward.
 
     Returns ``(patched, baseline)`` ``[copies, batch, vocab]`` at the query position; the
     baseline is the unpatched model in same-shaped forwards (so a copy holding the learned rows
-    equals it exactly).
+    equals it exactly; ``baseline=False`` skips it and returns None).
     """
     model = require_openmythos(model)
     ids = as_input_ids(input_ids, model)
@@ -192,10 +193,11 @@ def lora_scale_sweep(
         repeated = ids.repeat(part.shape[0], 1)
         lg, _ = run(model, repeated, n_loops=n, visitors=[_CopyScales(part.transpose(0, 1), B)],
                     run_all_loops=True)  # fmt: skip
-        base, _ = run(model, repeated, n_loops=n, run_all_loops=True)
         patched.append(lg[:, q].reshape(part.shape[0], B, -1).cpu())
-        plain.append(base[:, q].reshape(part.shape[0], B, -1).cpu())
-    return torch.cat(patched), torch.cat(plain)
+        if baseline:
+            base, _ = run(model, repeated, n_loops=n, run_all_loops=True)
+            plain.append(base[:, q].reshape(part.shape[0], B, -1).cpu())
+    return torch.cat(patched), (torch.cat(plain) if baseline else None)
 
 
 def lora_cross_patch(

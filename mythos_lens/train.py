@@ -137,6 +137,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                              readout_rule="last", loops=5, max_loop_iters=5, eval_loops=3,
                              steps=22750, tail=[[3600, 1e-3, 1e-4], [3650, 3e-4, 3e-5]],
                              extrap_loops=list(range(1, 11)), threads=1),
+    # The same recipe with upstream's readout (the coda reads the ACT-weighted sum of all h_t):
+    # the comparison that shows what ACT does to the loops (data/README.md).
+    "fixed-point-act": dict(name="fixed-point-act", task="fixed-point", curriculum="length",
+                            target="hop", function_share=0.5, loops_slack=2,
+                            readout_rule="act", loops=5, max_loop_iters=5, eval_loops=3,
+                            steps=22750, tail=[[3600, 1e-3, 1e-4], [3650, 3e-4, 3e-5]],
+                            extrap_loops=list(range(1, 11)), threads=1),
     # Loops drawn per batch from 2 … 6 (evaluated at 4): reached 100/100/99.8 % on 1/2/3 hops in
     # 10k steps and stays flat up to 12 loops (OpenMythos issue 28); see data/README.md.
     "pointer-lora-on": dict(name="pointer-lora-on", lora=True, loops=6, loops_min=2,

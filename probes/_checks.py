@@ -22,7 +22,8 @@ def as_tensor(x: Any, name: str, *, floating: bool = True) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         if x.dtype == object:
             raise MythosLensError(f"{name} is an object array", "a numeric array")
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())  # read-only: torch warns
     if not isinstance(x, torch.Tensor):
         raise MythosLensError(f"{name} is a {type(x).__name__}", "a torch.Tensor or numpy array")
     x = x.detach().cpu()

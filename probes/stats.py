@@ -39,7 +39,7 @@ ENDPOINT_COLUMNS = {
     "p_holm": "Holm-adjusted over the secondary endpoints; the primary's own p (unadjusted)",
     "min_p": "smallest p-value the sign-flip test can return with this n",
     "decision": "detected (p_holm <= alpha) / not detected (underpowered: min_p > alpha) / "
-    "not detected",
+    "not detected / not estimable (fewer than 2 finite differences)",
 }
 
 
@@ -356,15 +356,24 @@ def endpoint_table(
     names = [primary] + [e for e in diffs if e != primary]
     rows = []
     for e in names:
+        role = "primary" if e == primary else "secondary"
+        d = np.asarray(diffs[e], dtype=float).ravel()
+        if np.isfinite(d).sum() < 2:  # e.g. a measure undefined when < 2 loops matter
+            rows.append({"endpoint": e, "role": role, "n": int(np.isfinite(d).sum()),
+                         "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                         "p_value": math.nan, "min_p": math.nan})  # fmt: skip
+            continue
         ci = bootstrap_ci(diffs[e], level, n_resamples, seed, method)
         t = paired_sign_flip_test(diffs[e], alternative, seed=seed)
-        rows.append({"endpoint": e, "role": "primary" if e == primary else "secondary",
+        rows.append({"endpoint": e, "role": role,
                      "n": t["n"], "mean_diff": ci["estimate"], "ci_low": ci["low"],
                      "ci_high": ci["high"], "p_value": t["p_value"], "min_p": t["min_p"]})  # fmt: skip
-    adj = holm({r["endpoint"]: r["p_value"] for r in rows[1:]})
+    adj = holm({r["endpoint"]: r["p_value"] for r in rows[1:] if np.isfinite(r["p_value"])})
     for r in rows:
         r["p_holm"] = adj.get(r["endpoint"], r["p_value"])
-        if r["p_holm"] <= alpha:
+        if not np.isfinite(r["p_value"]):
+            r["decision"] = "not estimable (fewer than 2 finite differences)"
+        elif r["p_holm"] <= alpha:
             r["decision"] = "detected"
         elif r["min_p"] > alpha:
             r["decision"] = "not detected (underpowered: min_p > alpha)"

@@ -73,9 +73,13 @@ def test_11_analyze_option_errors(capsys, tiny_ck, tmp_path, extra, phrase):
     assert not (tmp_path / "out").exists()
 
 
-def test_11_study_seeds_message_names_seeds(capsys, tmp_path):
-    one_line_error(capsys, ["study", "lora", "--seeds", "x", "--out", str(tmp_path / "o")],
-                   "--seeds 'x'")  # fmt: skip
+def test_11_study_design_and_missing_checkpoints(capsys, tmp_path):
+    one_line_error(capsys, ["study", "lora", "--design", "huge", "--out", str(tmp_path / "o")],
+                   "unknown study design 'huge'")  # fmt: skip
+    argv = ["study", "lora", "--reuse", "--dir", str(tmp_path / "none"), "--out",
+            str(tmp_path / "o")]  # fmt: skip
+    one_line_error(capsys, argv, "study checkpoints missing")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

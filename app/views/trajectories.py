@@ -66,7 +66,7 @@ if sel.answer is not None:
     task = state.task_for(sel.directory)
     for j, ent in enumerate(sel.hop_entities[b]):
         if ent >= 0 and j + 1 < sel.hops[b]:
-            tok = int(task.layout.value_id(ent))
+            tok = int(task.value_id(ent))
             choices.setdefault(f"after hop {j + 1}: {decode(tok)}", tok)
 tr = state.trace_for(*sel.key, sel.ids, sel.n_loops)
 vocab = tr.logits.shape[-1]

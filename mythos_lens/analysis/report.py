@@ -180,7 +180,9 @@ def build_report(
     ]
     for i, (caption, fig) in enumerate(figs):
         inc = ("cdn" if plotlyjs == "cdn" else True) if i == 0 else False
-        fig.update_layout(height=420, template="plotly_white")
+        fig.update_layout(template="plotly_white")
+        if fig.layout.height is None:
+            fig.update_layout(height=420)
         div = fig.to_html(full_html=False, include_plotlyjs=inc, div_id=f"fig-{i}",
                           config={"displaylogo": False})  # fmt: skip
         parts.append(f"<figure class='fig'>{div}<figcaption>{html.escape(caption)}"

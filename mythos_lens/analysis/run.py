@@ -92,9 +92,11 @@ def analyze_model(
     return tables
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB, from ``getrusage``)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory of this process so far (MB, from ``getrusage``); with `children`,
+    that of its largest finished child process (e.g. a worker of a process pool)."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def analyze(

@@ -1,112 +1,209 @@
-"""``mythos-lens study lora``: does upstream's depth-wise LoRA make loop steps differ?
+"""``mythos-lens study lora``: does depth-wise LoRA differentiate iterations?
 
-LoRA-on and LoRA-off models (identical recipe, same seeds) are analysed with
-:func:`mythos_lens.analysis.run.analyze_model`; per-model quantities (:mod:`.quantities`) are
-summarised over seeds (:mod:`.stats`) and the verdict computed from the intervals
-(:mod:`.verdict`).
+Runs the design of :mod:`mythos_lens.studies.design` on the models of
+:mod:`mythos_lens.studies.models`: every model measured (:mod:`.measures`, parallel processes),
+the positive control (:mod:`.control`) on every LoRA-off model, the endpoints tested
+(:func:`probes.stats.endpoint_table`, primary also by a paired hierarchical bootstrap over seeds ×
+examples), the verdict derived (:mod:`.verdict`). Everything lands in one output directory,
+written atomically: ``pairs.csv, models.csv, nulls.csv, loops.csv, endpoints.csv,
+descriptives.csv, control.csv, control_tests.csv, verdict.json, design.json, report.html``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
-from mythos_lens.analysis.config import task_inputs
-from mythos_lens.analysis.report import build_report
-from mythos_lens.analysis.run import analyze_model, peak_rss_mb
-from mythos_lens.analysis.tables import concat_tables, write_tables
+from mythos_lens.analysis.run import peak_rss_mb
 from mythos_lens.atomic import AtomicDir
-from mythos_lens.checkpoint import load_checkpoint, load_task, read_config
-from mythos_lens.studies.figures import study_figures
-from mythos_lens.studies.models import arm_seed_maps
-from mythos_lens.studies.quantities import QUANTITIES, loop_mean_quantities, model_quantities
-from mythos_lens.studies.stats import aggregate
-from mythos_lens.studies.verdict import lora_verdict
+from mythos_lens.studies.design import ENDPOINTS, REPRESENTATIONAL, LoraStudyDesign
+from mythos_lens.studies.models import ARMS
+from probes.stats import (
+    bootstrap_ci,
+    endpoint_table,
+    paired_hierarchical_bootstrap,
+    paired_sign_flip_test,
+)
+
+DESCRIPTIVE = ("accuracy", "n_matter", "act_weight_sum", "lora_delta_norm",
+               "log10_kl_lora_removed", "delta_acc_lora_removed")  # fmt: skip
+
+
+def _measure_job(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, Any]:
+    """One model (``kind`` "model") or one seed's positive control (``kind`` "control", planted
+    at multiples of ``target``: the LoRA-on model's delta norm)."""
+    from mythos_lens.checkpoint import load_checkpoint, load_task
+    from mythos_lens.studies.control import VARIANTS, planted_model
+    from mythos_lens.studies.measures import measure_model
+
+    path, design_dict, kind, seed, target = job
+    torch.set_num_threads(1)
+    d = LoraStudyDesign.from_dict(design_dict)
+    model, task = load_checkpoint(path), load_task(path)
+    batch = task.generate(d.n_examples, "heldout", seed=d.seed)
+    n_loops = int(d.recipe["eval_loops"])
+    kw = {"n_loops": n_loops, "probe_splits": d.probe_splits, "seed": d.seed}
+    if kind == "model":
+        data = measure_model(model, batch, n_null=d.n_null, null_examples=d.null_examples, **kw)
+        return {"path": path, "data": data}
+    off = measure_model(model, batch, n_null=0, **kw)
+    loops = off.matters
+    rows = []
+    for size in d.control_sizes:
+        for variant in VARIANTS:
+            m, achieved = planted_model(model, batch.input_ids, n_loops=n_loops, loops=loops,
+                                        target_norm=size * target, variant=variant,
+                                        seed=d.seed + seed)  # fmt: skip
+            v = measure_model(m, batch, n_null=0, **kw).values
+            rows += [{"seed": seed, "size": size, "variant": variant, "endpoint": e,
+                      "value": v[e], "delta_norm": achieved, "target_norm": size * target}
+                     for e in REPRESENTATIONAL]  # fmt: skip
+    return {"path": path, "control": rows}
+
+
+def _pool_map(jobs: list[Any], n: int) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    if n <= 1:
+        return [_measure_job(j) for j in tqdm(jobs, desc="measuring", unit="model")]
+    with mp.get_context("spawn").Pool(processes=min(n, len(jobs))) as pool:
+        return list(tqdm(pool.imap(_measure_job, jobs), total=len(jobs), desc="measuring",
+                         unit="model"))  # fmt: skip
+
+
+def primary_bootstrap(
+    on: dict[int, Any], off: dict[int, Any], design: LoraStudyDesign
+) -> dict[str, Any]:
+    """Paired hierarchical bootstrap (seeds, then examples within each model) of on − off of
+    the primary measure; each model's examples are coded ``model_index * N + example`` so the
+    statistic can recompute the measure on the resampled examples."""
+    from mythos_lens.studies.measures import cka_dh
+
+    if design.primary != "cka_dh":  # the only primary with a per-example recomputation
+        raise ValueError(f"no hierarchical bootstrap for primary {design.primary!r}")
+    models = [*on.values(), *off.values()]
+    N = models[0].h.shape[1]
+
+    def codes(i: int) -> np.ndarray:
+        return i * N + np.arange(N)
+
+    def stat(c: np.ndarray) -> float:
+        c = c.astype(np.int64)  # the bootstrap hands back floats
+        return cka_dh(models[int(c[0]) // N], c % N)
+
+    k = len(on)
+    return paired_hierarchical_bootstrap(
+        {s: codes(i) for i, s in enumerate(on)}, {s: codes(k + i) for i, s in enumerate(off)},
+        statistic=stat, n_resamples=design.n_bootstrap, seed=design.seed)  # fmt: skip
+
+
+def control_tests(control: pd.DataFrame, design: LoraStudyDesign) -> pd.DataFrame:
+    """Per planted size and representational endpoint: distinct − same, paired over seeds
+    (mean, bootstrap interval, two-sided sign-flip p, detected at α)."""
+    rows = []
+    for (size, e), g in control.groupby(["size", "endpoint"], sort=True):
+        w = g.pivot(index="seed", columns="variant", values="value").dropna()
+        diff = (w["distinct"] - w["same"]).to_numpy()
+        row = {"size": size, "endpoint": e, "n": len(diff),
+               "mean_distinct": float(w["distinct"].mean()), "mean_same": float(w["same"].mean()),
+               "mean_diff": float(diff.mean()) if len(diff) else np.nan}  # fmt: skip
+        if len(diff) >= 2:
+            ci = bootstrap_ci(diff, seed=design.seed, method="percentile")
+            t = paired_sign_flip_test(diff, "two-sided")
+            expected = ENDPOINTS[e][1]
+            right_way = (row["mean_diff"] < 0) if expected == "-" else (row["mean_diff"] > 0)
+            row.update(ci_low=ci["low"], ci_high=ci["high"], p_value=t["p_value"],
+                       detected=bool(t["p_value"] <= design.alpha and right_way))  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def descriptives(models: pd.DataFrame, design: LoraStudyDesign) -> pd.DataFrame:
+    """Per measure and arm: mean over seeds with a percentile bootstrap interval."""
+    rows = []
+    for (measure, arm), g in models.groupby(["measure", "arm"], sort=True):
+        v = g.sort_values("seed")["value"].to_numpy(float)
+        v = v[np.isfinite(v)]
+        ci = (bootstrap_ci(v, seed=design.seed, method="percentile") if len(v) >= 2
+              else {"low": np.nan, "high": np.nan})  # fmt: skip
+        rows.append({"measure": measure, "arm": arm, "n": len(v),
+                     "mean": float(v.mean()) if len(v) else np.nan, "ci_low": ci["low"],
+                     "ci_high": ci["high"], "values": ",".join(f"{x:.6g}" for x in v)})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def run_lora_study(
+    design: LoraStudyDesign,
     paths: dict[tuple[str, int], Path],
+    pairs: pd.DataFrame,
     out: str | Path,
-    cfg: Any,
     *,
+    jobs: int = 2,
     overwrite: bool = False,
     plotlyjs: str = "inline",
     extra_meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Analyse every (arm, seed) checkpoint and write, atomically to ``out``: ``study.parquet`` /
-    ``.csv`` (:data:`STUDY_COLUMNS`), ``verdict.json``, ``report.html``, and every per-model table
-    under ``tables/`` (:data:`analyze.TABLE_COLUMNS`)."""
+    """Measure every (arm, seed) model of `paths`, run the positive control, test the endpoints
+    and write the module docstring's files to `out` (atomically)."""
+    from mythos_lens.studies.report import lora_report
+    from mythos_lens.studies.verdict import lora_verdict
+
     t0 = time.perf_counter()
-    arm_of, seed_of = arm_seed_maps(paths)
     atomic = AtomicDir(out, overwrite)
+    seeds = sorted({s for _, s in paths})
     with atomic as tmp:
-        per_model = []
-        for (arm, seed), p in sorted(paths.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            model = load_checkpoint(p)
-            task = load_task(p)
-            inputs = task_inputs(task, cfg.n_examples, cfg.seed, cfg.hops)
-            print(f"analysing {p.name} (LoRA {arm}, seed {seed}) ...", flush=True)
-            per_model.append(analyze_model(model, inputs, cfg, p.name))
-        tables = concat_tables(per_model)
-        (tmp / "tables").mkdir()
-        write_tables(tables, tmp / "tables")
-        q = model_quantities(tables)
-        q = pd.concat([q, loop_mean_quantities(q)], ignore_index=True)
-        study = aggregate(q, arm_of, seed_of)
-        study.to_parquet(tmp / "study.parquet", index=False)
-        study.to_csv(tmp / "study.csv", index=False)
-        pd.DataFrame([{"quantity": k, "meaning": v[0], "x": v[1]} for k, v in
-                      QUANTITIES.items()]).to_csv(tmp / "study_quantities.csv", index=False)  # fmt: skip
-        ab = tables["ablation"]
-        off_names = [n for n, a in arm_of.items() if a == "off"]
-        off = ab[ab.checkpoint.isin(off_names) & ab.metric.isin(["kl", "top1_changed",
-                                                                  "delta_acc"])]  # fmt: skip
-        off_zero = bool(len(off) and (off["value"] == 0).all())
-        verdict = lora_verdict(study, off_zero)
-        train_info = {}
-        for (arm, seed), p in paths.items():
-            mpath = p / "metrics.json"
-            m = json.loads(mpath.read_text()) if mpath.is_file() else {}
-            train_info[p.name] = {"arm": arm, "seed": seed,
-                                  "steps": m.get("steps"), "train_seconds": m.get("train_seconds"),
-                                  "heldout_accuracy": m.get("heldout_accuracy"),
-                                  "preset": (read_config(p).get("metadata", {})
-                                             .get("train_config", {}) or {}).get("name")}  # fmt: skip
-        meta = {
-            "checkpoints": {k: str(v) for k, v in sorted((p.name, p) for p in paths.values())},
-            "models": train_info,
-            "analyze_config": dataclasses.asdict(cfg),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "torch_threads": torch.get_num_threads(),
-            **(extra_meta or {}),
-        }
-        verdict["analysis_seconds"] = meta["seconds"]
+        dd = design.to_dict()
+        keys = [(a, s) for s in seeds for a in ARMS]
+        res = _pool_map([(str(paths[k]), dd, "model", k[1], 0.0) for k in keys], jobs)
+        data = {k: r["data"] for k, r in zip(keys, res, strict=True)}
+        ctrl = _pool_map([(str(paths[("off", s)]), dd, "control", s,
+                           data[("on", s)].values["lora_delta_norm"]) for s in seeds], jobs)  # fmt: skip
+        control = pd.DataFrame([r for c in ctrl for r in c["control"]])
+        models = pd.DataFrame([{"checkpoint": paths[k].name, "arm": k[0], "seed": k[1],
+                                "measure": m, "value": v}
+                               for k, d in data.items() for m, v in d.values.items()])  # fmt: skip
+        nulls = pd.DataFrame([{"checkpoint": paths[k].name, "arm": k[0], "seed": k[1],
+                               "test": t, **r} for k, d in data.items()
+                              for t, r in d.nulls.items()])  # fmt: skip
+        loops = pd.concat([d.loops.assign(checkpoint=paths[k].name, arm=k[0], seed=k[1])
+                           for k, d in data.items()], ignore_index=True)  # fmt: skip
+        wide = models.pivot(index=["seed", "arm"], columns="measure", values="value")
+        diffs = {e: (wide.xs("on", level="arm")[e] - wide.xs("off", level="arm")[e])
+                 .dropna().sort_index().to_numpy() for e in ENDPOINTS}  # fmt: skip
+        endpoints = endpoint_table(diffs, design.primary, alpha=design.alpha,
+                                   seed=design.seed, method="percentile")  # fmt: skip
+        endpoints["meaning"] = endpoints.endpoint.map(lambda e: ENDPOINTS[e][0])
+        endpoints["differentiation_sign"] = endpoints.endpoint.map(lambda e: ENDPOINTS[e][1])
+        both = [s for s in seeds if all(np.isfinite(data[(a, s)].values[design.primary])
+                                        for a in ARMS)]  # fmt: skip
+        hb = (primary_bootstrap({s: data[("on", s)] for s in both},
+                                {s: data[("off", s)] for s in both}, design)
+              if len(both) >= 2 else {"low": np.nan, "high": np.nan})  # fmt: skip
+        endpoints["hb_low"] = np.where(endpoints.role == "primary", hb["low"], np.nan)
+        endpoints["hb_high"] = np.where(endpoints.role == "primary", hb["high"], np.nan)
+        desc = descriptives(models[models.measure.isin([*DESCRIPTIVE, *ENDPOINTS])], design)
+        ctests = control_tests(control, design)
+        verdict = lora_verdict(endpoints, ctests, desc, pairs, design)
+        tables = {"pairs": pairs, "models": models, "nulls": nulls, "loops": loops,
+                  "endpoints": endpoints, "descriptives": desc, "control": control,
+                  "control_tests": ctests}  # fmt: skip
+        for name, df in tables.items():
+            df.to_csv(tmp / f"{name}.csv", index=False)
         (tmp / "verdict.json").write_text(json.dumps(verdict, indent=1))
+        (tmp / "design.json").write_text(json.dumps(design.to_dict(), indent=1))
+        meta = {"design": design.name, "seed_pairs": seeds,
+                "analysis_seconds": round(time.perf_counter() - t0, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "peak_rss_mb_workers": round(peak_rss_mb(children=True), 1), "jobs": jobs,
+                **(extra_meta or {})}  # fmt: skip
         atomic.write_run(json.loads(json.dumps(meta, default=str)))
-        summary = [f"<b>Verdict</b>: {verdict['overall']}"]
-        summary += [f"{v['what']}: {v['estimate']} — {v['reading']}"
-                    for v in verdict["lines"].values()]  # fmt: skip
-        summary.append(
-            "LoRA-off ablation effects are exactly zero: "
-            + ("yes (checked on every LoRA-off model)" if off_zero else "NO — check the models")
-        )
-        key = study[study.quantity.isin(["cka_dh_mean", "cka_h_mean", "router_overlap_excess_mean",
-                                         "ablate_all_dkl", "mean_scale_dkl", "ablate_all_dacc",
-                                         "mean_scale_dacc"])
-                    | ((study.quantity == "loop_id_acc")
-                       & (study.variant == "resid_post/no_loop_emb"))]  # fmt: skip
-        extra = ("<section id='study'><h2>Study table (key rows; all rows in study.csv)</h2>"
-                 + key.to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0,
-                               classes="t") + "</section>")  # fmt: skip
-        html = build_report(tables, meta, title="mythos-lens study: does depth-wise LoRA "
-                            "differentiate iterations?", plotlyjs=plotlyjs, extra_html=extra,
-                            summary=summary, figures=study_figures(study))  # fmt: skip
-        (tmp / "report.html").write_text(html, encoding="utf-8")
+        (tmp / "report.html").write_text(lora_report(tables, verdict, meta, plotlyjs),
+                                         encoding="utf-8")  # fmt: skip
     return Path(out)

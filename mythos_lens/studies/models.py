@@ -1,96 +1,102 @@
-"""The models of a study: the fast study preset trained for every seed and arm (parallel
-processes, one torch thread each), or the shipped checkpoints reused."""
+"""The models of the LoRA study: both arms trained per seed (parallel processes, one torch thread
+each) to the design's stopping criterion, failing pairs replaced by spare seeds — or the shipped
+ones reused."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from mythos_lens.errors import MythosLensError
-
-# The fast study recipe: the shipped presets' recipe (loops drawn from 2…6, embedding re-init,
-# 1-hop curriculum, AdamW 1e-3, LoRA on/off identical) on a smaller pointer task — 6 entities,
-# trained on hops 1–2 (tested up to 4) — which reached 100 % on 1 and 2 hops in ~2k steps
-# (~5 min at one thread) where the 8-entity, 3-hop task needs ~10k steps (~25 min).
-STUDY_PRESET: dict[str, Any] = dict(
-    task_params={"n_entities": 6, "train_hops": 2, "max_hops": 4},
-    loops=6, loops_min=2, eval_loops=4, steps=2500, eval_every=250, eval_examples=128,
-    early_stop_acc=0.97, early_stop_patience=2, final_eval_examples=500,
-    extrap_examples=64, extrap_loops=[2, 4, 6], threads=1, progress=False,
-)  # fmt: skip
-
+from mythos_lens.studies.design import LoraStudyDesign
+from probes.stats import stopping_criterion
 
 ARMS = ("on", "off")
+PAIR_COLUMNS = {
+    "seed": "training seed (both arms)",
+    "arm": "on / off",
+    "checkpoint": "checkpoint directory name",
+    "steps": "steps trained",
+    "reached": "stopping criterion met (every trained depth >= threshold, k evaluations in a row)",
+    "reached_step": "step at which it was met",
+    "used": "the pair (both arms reached) is in the study",
+    "role": "design (one of the design's seeds) / spare (replaces a failed pair)",
+    "heldout_min_acc": "lowest final held-out accuracy over the trained depths",
+}
 
 
-def study_config(lora: bool, seed: int, out_dir: str | Path | None = None):
-    """The :class:`~mythos_lens.train.TrainConfig` of one study model."""
-    from mythos_lens.train import TrainConfig
-
-    name = f"study-lora-{'on' if lora else 'off'}-s{seed}"
-    return TrainConfig(name=name, lora=lora, seed=seed, out_dir=None if out_dir is None
-                       else str(out_dir), **STUDY_PRESET)  # fmt: skip
+def model_dir(directory: Path, arm: str, seed: int) -> Path:
+    return directory / f"study-lora-{arm}-s{seed}"
 
 
-def _train_one(args: tuple[bool, int, str]) -> dict[str, Any]:
+def _train_one(job: tuple[dict[str, Any], bool, int, str]) -> str:
     from mythos_lens.train import train
 
-    lora, seed, out = args
+    design_dict, lora, seed, out = job
     torch.set_num_threads(1)
-    res = train(study_config(lora, seed, out))
-    m = res.metrics
-    return {"name": m["name"], "steps": m["steps"], "train_seconds": m["train_seconds"]}
+    design = LoraStudyDesign.from_dict(design_dict)
+    train(design.train_config(lora, seed, out))
+    return Path(out).name
 
 
-def train_study_models(
-    seeds: Sequence[int], directory: str | Path, jobs: int = 2
-) -> dict[tuple[str, int], Path]:
-    """Train (or find) ``study-lora-{on,off}-s<seed>`` under ``directory``; ``jobs`` processes
-    at a time, one torch thread each. Returns ``{(arm, seed): checkpoint dir}``."""
+def pair_status(path: Path, design: LoraStudyDesign) -> dict[str, Any]:
+    """Whether one trained model met the design's stopping criterion (read from its history)."""
+    m = json.loads((path / "metrics.json").read_text())
+    crit = stopping_criterion(m["history"], design.threshold, design.consecutive,
+                              acc_key="heldout_acc")  # fmt: skip
+    final = [v["accuracy"] for v in m["heldout_accuracy"].values()]
+    return {"checkpoint": path.name, "steps": m["steps"], "reached": crit["reached"],
+            "reached_step": crit["step"], "heldout_min_acc": min(final)}  # fmt: skip
+
+
+def study_models(
+    design: LoraStudyDesign, directory: str | Path, *, train: bool, jobs: int = 2
+) -> tuple[dict[tuple[str, int], Path], pd.DataFrame]:
+    """The seed pairs of the study: ``({(arm, seed): checkpoint}, pairs table)``.
+
+    Seeds are taken from ``design.seeds``; a seed whose on or off model misses the stopping
+    criterion is replaced by the next of ``design.spare_seeds``. With ``train`` missing models
+    are trained (``jobs`` processes); without, a missing model is an error. The pairs table
+    (:data:`PAIR_COLUMNS`) lists every model looked at, used or not."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {(arm, s): directory / f"study-lora-{arm}-s{s}" for s in seeds for arm in ARMS}
-    todo = [(arm == "on", s, str(p)) for (arm, s), p in paths.items()
-            if not (p / "model.safetensors").is_file()]  # fmt: skip
-    if todo:
-        print(f"training {len(todo)} study model(s), {jobs} at a time ...", flush=True)
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(processes=max(1, min(jobs, len(todo)))) as pool:
-            for r in pool.imap_unordered(_train_one, todo):
-                print(f"  {r['name']}: {r['steps']} steps, {r['train_seconds']} s", flush=True)
-    return paths
-
-
-def reuse_models(directory: str | Path, seeds: Sequence[int] | None) -> dict[tuple[str, int], Path]:
-    """The shipped ``pointer-lora-{on,off}`` (seed 0) and ``…-s<seed>`` checkpoints under
-    ``directory`` present for both arms (restricted to ``seeds`` when given)."""
-    directory = Path(directory)
-    found: dict[tuple[str, int], Path] = {}
-    for arm in ARMS:
-        for p in sorted(directory.glob(f"pointer-lora-{arm}*")):
-            tail = p.name[len(f"pointer-lora-{arm}") :]
-            if tail == "":
-                s = 0
-            elif tail.startswith("-s") and tail[2:].isdigit():
-                s = int(tail[2:])
+    queue, spares, used, rows = list(design.seeds), list(design.spare_seeds), [], []
+    while queue:
+        todo = [(arm, s) for s in queue for arm in ARMS
+                if not (model_dir(directory, arm, s) / "model.safetensors").is_file()]  # fmt: skip
+        if todo and not train:
+            names = ", ".join(model_dir(directory, a, s).name for a, s in todo)
+            raise MythosLensError(f"study checkpoints missing under {directory}: {names}",
+                                  "the shipped study checkpoints, or run without --reuse to "
+                                  "train them")  # fmt: skip
+        if todo:
+            directory.mkdir(parents=True, exist_ok=True)
+            print(f"training {len(todo)} study model(s), {jobs} at a time ...", flush=True)
+            args = [(design.to_dict(), arm == "on", s, str(model_dir(directory, arm, s)))
+                    for arm, s in todo]  # fmt: skip
+            with mp.get_context("spawn").Pool(processes=max(1, min(jobs, len(todo)))) as pool:
+                for name in pool.imap_unordered(_train_one, args):
+                    print(f"  trained {name}", flush=True)
+        failed = 0
+        for s in queue:
+            st = {arm: pair_status(model_dir(directory, arm, s), design) for arm in ARMS}
+            ok = all(v["reached"] for v in st.values())
+            role = "design" if s in design.seeds else "spare"
+            for arm in ARMS:
+                rows.append({"seed": s, "arm": arm, **st[arm], "used": ok, "role": role})
+            if ok:
+                used.append(s)
             else:
-                continue
-            if (p / "model.safetensors").is_file() and (seeds is None or s in seeds):
-                found[(arm, s)] = p
-    both = sorted({s for (a, s) in found if (("on", s) in found and ("off", s) in found)})
-    if not both:
-        raise MythosLensError(
-            f"no seed with both pointer-lora-on and -off under {directory}",
-            "shipped checkpoints (see data/README.md) or no --reuse (train the study preset)",
-        )
-    return {(a, s): found[(a, s)] for s in both for a in ARMS}
-
-
-def arm_seed_maps(paths: dict[tuple[str, int], Path]) -> tuple[dict[str, str], dict[str, int]]:
-    arm_of = {p.name: a for (a, s), p in paths.items()}
-    seed_of = {p.name: s for (a, s), p in paths.items()}
-    return arm_of, seed_of
+                failed += 1
+        queue = spares[:failed]
+        spares = spares[failed:]
+    if len(used) < 2:
+        raise MythosLensError(f"only {len(used)} seed pair(s) met the stopping criterion",
+                              "at least 2 (raise the step cap or add spare seeds)")  # fmt: skip
+    pairs = pd.DataFrame(rows)[list(PAIR_COLUMNS)]
+    paths = {(arm, s): model_dir(directory, arm, s) for s in used for arm in ARMS}
+    return paths, pairs

@@ -1,111 +1,128 @@
-"""The LoRA study's verdict, derived line by line from the study table's intervals."""
+"""The LoRA study's verdict, derived by fixed rules from the endpoint, control and pair tables."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from mythos_lens.studies.stats import format_interval, interval_sign, study_cell
+from mythos_lens.studies.design import LoraStudyDesign
 
 
-def lora_verdict(study: pd.DataFrame, off_exact_zero: bool) -> dict[str, Any]:
-    """Evidence lines and an overall verdict, each derived from the study's intervals.
+def _fmt(x: float | None, spec: str = "+.3f") -> str:
+    return "n/a" if x is None or not np.isfinite(x) else format(x, spec)
 
-    Lines: (1) LoRA is used — ΔKL of ablating it everywhere (on arm) has an interval above 0;
-    (2) its per-loop *differences* are used — ΔKL of replacing every loop's scale by the mean;
-    (3–5) loops are less alike with LoRA — paired on − off differences of mean adjacent CKA of
-    Δh_t, of router overlap excess, and of the loop-identity probe without loop-embedding channels.
-    """
-    lines: dict[str, dict[str, Any]] = {}
 
-    def line(key: str, r: pd.Series | None, text: str, positive_means: str, negative_means: str):
-        s = interval_sign(r)
-        lines[key] = {"estimate": format_interval(r, 4), "sign": s,
-                      "reading": positive_means if s > 0 else negative_means if s < 0
-                      else "interval contains 0: no detectable effect at this n",
-                      "what": text}  # fmt: skip
+def jsonable(x: Any) -> Any:
+    """`x` with numpy scalars as Python numbers and NaN / inf as None (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
 
-    line("lora_used", study_cell(study, "ablate_all_dkl", "on"),
-         "KL(base ‖ LoRA ablated at every loop), LoRA-on", "LoRA changes the output", "")  # fmt: skip
-    line("lora_used_acc", study_cell(study, "ablate_all_dacc", "on"),
-         "Δ accuracy, LoRA ablated at every loop, LoRA-on", "ablating LoRA raises accuracy",
-         "ablating LoRA lowers accuracy")  # fmt: skip
-    line("differentiation_used", study_cell(study, "mean_scale_dkl", "on"),
-         "KL(base ‖ every loop's LoRA scale set to the mean), LoRA-on",
-         "the per-loop scale differences change the output", "")  # fmt: skip
-    line("differentiation_acc", study_cell(study, "mean_scale_dacc", "on"),
-         "Δ accuracy, every loop's scale set to the mean, LoRA-on",
-         "mean scale raises accuracy", "the per-loop differences matter for accuracy")  # fmt: skip
-    line("cka_dh", study_cell(study, "cka_dh_mean", "on-off"),
-         "on − off, mean over t of CKA(Δh_t, Δh_t+1)", "LoRA makes successive steps MORE alike",
-         "LoRA makes successive steps less alike")  # fmt: skip
-    line("cka_h", study_cell(study, "cka_h_mean", "on-off"),
-         "on − off, mean over t of CKA(h_t, h_t+1)", "states more alike with LoRA",
-         "states less alike with LoRA")  # fmt: skip
-    line("router", study_cell(study, "router_overlap_excess_mean", "on-off"),
-         "on − off, mean over t of router overlap@k(t, t+1) − k/E",
-         "LoRA makes adjacent loops share MORE experts", "LoRA makes adjacent loops share fewer "
-         "experts")  # fmt: skip
-    line("loop_id", study_cell(study, "loop_id_acc", "on-off", variant="resid_post/no_loop_emb"),
-         "on − off, loop-identity probe accuracy on h_t without the loop-embedding channels",
-         "loop identity is more decodable with LoRA", "loop identity is less decodable with LoRA")  # fmt: skip
 
-    def positive_in_every_seed(q: str) -> bool:
-        r = study_cell(study, q, "on")
-        vals = [float(v) for v in str(r["values"]).split(",") if v] if r is not None else []
-        return bool(vals) and all(v > 0 for v in vals)
+def _endpoint(r: pd.Series) -> dict[str, Any]:
+    out = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+           for k, v in r.items()}  # fmt: skip
+    expected = r["differentiation_sign"]
+    out["direction"] = ("differentiating" if (r["mean_diff"] < 0) == (expected == "-")
+                        else "opposite")  # fmt: skip
+    return out
 
-    L = lines
-    used = L["lora_used"]["sign"] > 0 or L["lora_used_acc"]["sign"] != 0
-    diff_used = L["differentiation_used"]["sign"] > 0 or L["differentiation_acc"]["sign"] != 0
-    rep = [k for k in ("cka_dh", "router", "loop_id") if L[k]["sign"] != 0]
-    differentiating = [k for k in rep if (L[k]["sign"] < 0) == (k != "loop_id")]
-    parts = []
-    if used:
-        parts.append(f"Removing LoRA at every loop changes the model (KL {L['lora_used']['estimate']}, "
-                     f"Δacc {L['lora_used_acc']['estimate']})")  # fmt: skip
+
+def lora_verdict(
+    endpoints: pd.DataFrame,
+    control_tests: pd.DataFrame,
+    descriptives: pd.DataFrame,
+    pairs: pd.DataFrame,
+    design: LoraStudyDesign,
+) -> dict[str, Any]:
+    """The answer and every number it rests on.
+
+    Rules (fixed with the design): the primary endpoint decides the representational answer —
+    detected in the differentiating direction → "yes"; detected the other way → "no, the
+    opposite"; not detected → "not detected", qualified by the positive control (the smallest
+    planted size whose distinct-vs-same difference the primary detects). The functional answer
+    comes from ``rows_vs_permutations`` (Holm-adjusted): the learned row order beats random
+    orders → the models depend on which row sits at which loop."""
+    ep = {r.endpoint: _endpoint(r) for _, r in endpoints.iterrows()}
+    prim = ep[design.primary]
+    n = int(prim["n"])
+    pc = control_tests[control_tests.endpoint == design.primary].sort_values("size")
+    seen = pc[pc["detected"].fillna(False).astype(bool)] if "detected" in pc else pc.iloc[:0]
+    min_size = float(seen["size"].min()) if len(seen) else None
+    ci = (f"{_fmt(prim['mean_diff'])} [bootstrap over seeds {_fmt(prim['ci_low'])}, "
+          f"{_fmt(prim['ci_high'])}; over seeds × examples {_fmt(prim['hb_low'])}, "
+          f"{_fmt(prim['hb_high'])}], exact sign-flip p = {_fmt(prim['p_value'], '.4g')}, "
+          f"n = {n} seed pairs")  # fmt: skip
+    detected = prim["decision"] == "detected"
+    if prim["decision"].startswith("not estimable"):
+        label = ("Not estimable: fewer than 2 seed pairs have two adjacent loops that matter in "
+                 "both arms")  # fmt: skip
+    elif detected and prim["direction"] == "differentiating":
+        label = "Yes: with depth-wise LoRA successive loop updates are less alike"
+    elif detected:
+        label = "No, the opposite: with depth-wise LoRA successive loop updates are more alike"
+    elif min_size is not None and min_size <= 1.0:
+        label = ("Not detected, although the study could see it: a planted per-loop difference "
+                 "as large as LoRA's own is detected, the learned LoRA's is not")  # fmt: skip
+    elif min_size is not None:
+        label = (f"Not detected; the study detects a planted per-loop difference only at "
+                 f"{min_size:g}× LoRA's size, so smaller effects remain possible")  # fmt: skip
     else:
-        parts.append("Removing LoRA at every loop has no effect whose 95 % interval excludes 0 (KL "
-                     f"{L['lora_used']['estimate']}, Δacc {L['lora_used_acc']['estimate']})"
-                     + (", although the KL is > 0 in every seed (a t-interval fits a few skewed "
-                        "non-negative values poorly)" if positive_in_every_seed("ablate_all_dkl")
-                        else ""))  # fmt: skip
-    if diff_used:
-        parts.append("replacing every loop's LoRA scale by the mean scale changes it (KL "
-                     f"{L['differentiation_used']['estimate']}, Δacc "
-                     f"{L['differentiation_acc']['estimate']}): the model depends on its specific "
-                     "per-loop scales — but this swap is also a different-sized perturbation "
-                     "than removal, so it shows reliance, not that loops compute different "
-                     "things")  # fmt: skip
-    else:
-        parts.append("replacing every loop's scale by the mean scale has no detectable effect (KL "
-                     f"{L['differentiation_used']['estimate']})")  # fmt: skip
-    if differentiating:
-        parts.append("with LoRA, successive loops differ more than without it on "
-                     + ", ".join(differentiating))  # fmt: skip
-    elif rep:
-        parts.append("the representational comparisons with a detectable difference ("
-                     + ", ".join(rep) + ") show loops *more* alike with LoRA")  # fmt: skip
-    else:
-        parts.append("no representational comparison (on − off: CKA of Δh_t "
-                     f"{L['cka_dh']['estimate']}, router overlap excess {L['router']['estimate']}, "
-                     f"loop identity without loop-embedding channels {L['loop_id']['estimate']}) "
-                     "differs detectably between LoRA-on and LoRA-off")  # fmt: skip
-    if differentiating and (used or diff_used):
-        label = "Yes: LoRA is used and loop steps are more differentiated with it"
-    elif diff_used:
-        label = ("Partly: the models rely on their per-loop LoRA scales (intervention), but loop "
-                 "steps are not detectably more different with LoRA than without (representations)")  # fmt: skip
-    elif used:
-        label = "LoRA is used, but not shown to differentiate iterations"
-    elif differentiating:
-        label = "Loops look more differentiated with LoRA, but no intervention shows it is used"
-    else:
-        label = "No detectable effect of depth-wise LoRA"
-    pairs = study[study.arm == "on-off"]["n"] if len(study) else pd.Series(dtype=float)
-    n = int(pairs.max()) if len(pairs) else 0
-    overall = (f"{label} (n = {n} seed(s) per arm, mean [95 % t-interval]). "
-               + "; ".join(parts) + ".")  # fmt: skip
-    return {"verdict": label, "overall": overall, "n_seed_pairs": n,
-            "lora_off_ablation_exactly_zero": off_exact_zero, "lines": lines}  # fmt: skip
+        label = ("Inconclusive: no effect detected, and the primary endpoint does not detect "
+                 "even the planted differentiation (positive control)")  # fmt: skip
+    func = ep.get("rows_vs_permutations")
+    functional = bool(func and func["decision"] == "detected"
+                      and func["direction"] == "differentiating")  # fmt: skip
+    parts = [f"Primary endpoint (on − off, {prim['meaning']}): {ci}: {prim['decision']}."]
+    if func is not None:
+        parts.append(
+            "Functionally, the learned order of the per-loop rows "
+            + ("matters: " if functional else "is not shown to matter: ")
+            + f"answer loss with the learned rows minus random row orders {_fmt(func['mean_diff'])} "
+            f"[{_fmt(func['ci_low'])}, {_fmt(func['ci_high'])}], Holm p = {_fmt(func['p_holm'], '.4g')}."
+        )
+    others = [e for e in ep.values() if e["role"] == "secondary" and e["decision"] == "detected"
+              and e["endpoint"] != "rows_vs_permutations"]  # fmt: skip
+    if others:
+        parts.append("Other secondary endpoints detected (Holm): " + "; ".join(
+            f"{e['endpoint']} {_fmt(e['mean_diff'])} ({e['direction']}, p_holm = "
+            f"{_fmt(e['p_holm'], '.3g')})" for e in others) + ".")  # fmt: skip
+    for _, r in pc.iterrows():
+        parts.append(f"Positive control at {r['size']:g}× LoRA's delta size: planted distinct − "
+                     f"same rows moves the primary by {_fmt(r['mean_diff'])} "
+                     f"(p = {_fmt(r.get('p_value'), '.3g')}): "
+                     + ("detected." if r.get("detected") else "not detected."))  # fmt: skip
+    used = pairs[pairs.used].seed.nunique()
+    replaced = sorted(pairs[~pairs.used].seed.unique().tolist())
+    parts.append(f"{used} seed pairs met the stopping criterion"
+                 + (f"; seed(s) {replaced} missed it and were replaced." if replaced else "."))  # fmt: skip
+
+    def desc(measure: str, arm: str) -> dict[str, Any] | None:
+        r = descriptives[(descriptives.measure == measure) & (descriptives.arm == arm)]
+        return None if r.empty else {k: r.iloc[0][k] for k in ("mean", "ci_low", "ci_high", "n")}
+
+    return jsonable({
+        "question": "does depth-wise LoRA differentiate loop iterations?",
+        "verdict": label,
+        "functional_differentiation": functional,
+        "statement": " ".join([label + "."] + parts),
+        "n_seed_pairs": n,
+        "replaced_seeds": replaced,
+        "primary": prim,
+        "endpoints": ep,
+        "control_min_detected_size": min_size,
+        "lora_use": {m: desc(m, "on") for m in ("log10_kl_lora_removed",
+                                                 "delta_acc_lora_removed", "lora_delta_norm")},
+        "loops_that_matter": {a: desc("n_matter", a) for a in ("on", "off")},
+        "act_weight_sum": {a: desc("act_weight_sum", a) for a in ("on", "off")},
+        "accuracy": {a: desc("accuracy", a) for a in ("on", "off")},
+        "design": design.name,
+    })  # fmt: skip

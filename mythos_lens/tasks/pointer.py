@@ -140,6 +140,10 @@ class PointerTask:
     def vocab_size(self) -> int:
         return self.layout.vocab_size
 
+    def value_id(self, entity: int | np.ndarray) -> int | np.ndarray:
+        """Token id of the value of `entity` (the answer token when `entity` is the end)."""
+        return self.layout.value_id(entity)
+
     def describe_token(self, token_id: int) -> str:
         """Readable name of one token id (e.g. ``"k3"``)."""
         return self.layout.describe_token(token_id)

@@ -1,105 +1,201 @@
-"""`mythos-lens study lora|depth` on tiny random checkpoints: tables, intervals, verdict, report."""
+"""The LoRA study (design, seed pairs with replacement, measures, within-model nulls, positive
+control, verdict) and the depth study, on tiny models."""
 
+import dataclasses
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_analyze import _Parser, small_cfg
+import torch
 from tiny_models import tiny_checkpoint
 
-from mythos_lens.cli import main
+from mythos_lens.checkpoint import load_checkpoint, load_task
 from mythos_lens.errors import MythosLensError
+from mythos_lens.studies.control import planted_model, unit_rows
+from mythos_lens.studies.design import (
+    DESIGNS,
+    ENDPOINTS,
+    STUDY_RECIPE,
+    LoraStudyDesign,
+    get_design,
+)
 from mythos_lens.studies.lora import run_lora_study
-from mythos_lens.studies.models import reuse_models
-from mythos_lens.studies.quantities import QUANTITIES
-from mythos_lens.studies.stats import STUDY_COLUMNS, t_interval
+from mythos_lens.studies.measures import (
+    ModelData,
+    adjacent_pairs,
+    cka_dh,
+    lora_nulls,
+    mean_adjacent_cka,
+)
+from mythos_lens.studies.models import study_models
 from mythos_lens.studies.verdict import lora_verdict
+
+TINY_RECIPE = dict(STUDY_RECIPE, task_params={"n_entities": 4, "train_hops": 2, "max_hops": 3},
+                   dim=32, expert_dim=16, lora_rank=2, eval_every=10, eval_examples=16,
+                   final_eval_examples=16, extrap_examples=8, extrap_loops=[1, 3],
+                   curriculum_steps=5)  # fmt: skip
+
+
+def tiny_design(**kw) -> LoraStudyDesign:
+    base = dict(name="tiny", seeds=(0, 1), spare_seeds=(100,), threshold=0.0, consecutive=1,
+                step_cap=20, recipe=TINY_RECIPE, n_examples=48, null_examples=24, n_null=6,
+                probe_splits=2, n_bootstrap=10, control_sizes=(1.0,))  # fmt: skip
+    return LoraStudyDesign(**{**base, **kw})
+
+
+def test_design_is_fixed_and_round_trips():
+    full = get_design("full")
+    assert full.primary == "cka_dh" and len(full.seeds) >= 8 and full.n_null >= 100
+    assert set(full.secondary) == set(ENDPOINTS) - {"cka_dh"}
+    assert LoraStudyDesign.from_dict(json.loads(json.dumps(full.to_dict()))) == full
+    cfg = full.train_config(False, 3)
+    assert (cfg.lora, cfg.seed, cfg.steps, cfg.early_stop_acc, cfg.early_stop_patience) == (
+        False, 3, full.step_cap, full.threshold, full.consecutive)  # fmt: skip
+    assert cfg.name == "study-lora-off-s3" and cfg.readout_rule == STUDY_RECIPE["readout_rule"]
+    assert set(DESIGNS) == {"full", "quick"}
+    with pytest.raises(MythosLensError, match="unknown study design"):
+        get_design("huge")
+
+
+def _fake_trained(path, seed, lora, accs):
+    """A tiny checkpoint with a training history whose held-out accuracies are `accs`."""
+    tiny_checkpoint(path, lora=lora, seed=seed)
+    hist = [{"step": 10 * (i + 1), "heldout_acc": {"1": a, "2": a}} for i, a in enumerate(accs)]
+    metrics = {"steps": 10 * len(accs), "history": hist,
+               "heldout_accuracy": {"1": {"accuracy": accs[-1]}, "2": {"accuracy": accs[-1]}}}  # fmt: skip
+    (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_pairs_missing_the_criterion_are_replaced(tmp_path):
+    d = tiny_design(threshold=0.9, consecutive=2, spare_seeds=(100, 101))
+    good, bad = [0.5, 0.95, 0.97], [0.95, 0.5, 0.96]  # bad never passes twice in a row
+    for seed, on, off in ((0, good, good), (1, good, bad), (100, good, good)):
+        _fake_trained(tmp_path / f"study-lora-on-s{seed}", seed, True, on)
+        _fake_trained(tmp_path / f"study-lora-off-s{seed}", seed, False, off)
+    paths, pairs = study_models(d, tmp_path, train=False)
+    assert sorted({s for _, s in paths}) == [0, 100]
+    row = pairs.set_index(["seed", "arm"])
+    assert row.loc[(1, "off"), "reached"] == False and row.loc[(1, "on"), "reached"] == True  # noqa: E712
+    assert not row.loc[(1, "on"), "used"] and row.loc[(100, "on"), "role"] == "spare"
+    assert row.loc[(0, "on"), "reached_step"] == 30
+    (tmp_path / "study-lora-on-s100" / "model.safetensors").unlink()
+    with pytest.raises(MythosLensError, match="study-lora-on-s100"):
+        study_models(d, tmp_path, train=False)
+
+
+def test_cka_dh_known_answers():
+    rng = np.random.default_rng(0)
+    h0, v = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    same = np.stack([h0 + (t + 1) * v for t in range(3)])  # every update is the same v
+    assert cka_dh(ModelData(h=same, h0=h0, matters=[0, 1, 2])) == pytest.approx(1.0)
+    indep = np.cumsum(rng.normal(size=(3, 4000, 6)), 0) + 0  # independent updates
+    d = ModelData(h=indep, h0=np.zeros((4000, 6)), matters=[0, 1, 2])
+    assert abs(cka_dh(d)) < 0.02
+    assert adjacent_pairs([0, 1, 3]) == [(0, 1)]
+    assert np.isnan(mean_adjacent_cka(same, []))
+    assert np.isnan(cka_dh(ModelData(h=same, h0=h0, matters=[0, 2])))
+
+
+def test_within_model_nulls(tmp_path):
+    on = load_checkpoint(tiny_checkpoint(tmp_path / "on", lora=True))
+    off = load_checkpoint(tiny_checkpoint(tmp_path / "off", lora=False))
+    task = load_task(tmp_path / "on")
+    b = task.generate(24, "heldout", seed=0)
+    # LoRA off: every row is zero, so every permutation / mean swap is the identity: effect 0, p 1
+    for res in lora_nulls(off, b.input_ids, b.answer, 3, 5, seed=0).values():
+        assert res["effect"] == 0.0 and res["p_value"] == 1.0
+    a = lora_nulls(on, b.input_ids, b.answer, 3, 5, seed=1)
+    again = lora_nulls(on, b.input_ids, b.answer, 3, 5, seed=1)
+    assert a == again  # same seed, same null
+    assert a["rows_vs_permutations"]["n_null"] == 5 and a["rows_vs_equal_norm"]["effect"] != 0
+
+
+def test_planted_control_rows_and_size(tmp_path):
+    off = load_checkpoint(tiny_checkpoint(tmp_path / "off", lora=False))
+    b = load_task(tmp_path / "off").generate(32, "heldout", seed=0)
+    d, s = unit_rows(4, 3, "distinct", 0), unit_rows(4, 3, "same", 0)
+    assert torch.allclose(d.norm(dim=-1), torch.ones(4, dtype=torch.float64))
+    assert (s == s[0]).all() and not (d == d[0]).all()
+    for variant in ("distinct", "same"):
+        m, achieved = planted_model(off, b.input_ids, n_loops=3, loops=[0, 1, 2],
+                                    target_norm=0.5, variant=variant, seed=0)  # fmt: skip
+        assert achieved == pytest.approx(0.5, rel=0.05)
+        assert off.recurrent.lora.scale.weight.abs().sum() == 0  # the original is untouched
+
+
+def _endpoints(primary_p, primary_diff, rows_p=0.5):
+    rows = []
+    for e, (meaning, sign) in ENDPOINTS.items():
+        p, diff = (primary_p, primary_diff) if e == "cka_dh" else (rows_p, -0.1)
+        rows.append({"endpoint": e, "role": "primary" if e == "cka_dh" else "secondary", "n": 8,
+                     "mean_diff": diff, "ci_low": diff - 0.1, "ci_high": diff + 0.1,
+                     "p_value": p, "p_holm": p, "min_p": 0.0078, "hb_low": np.nan,
+                     "hb_high": np.nan, "meaning": meaning, "differentiation_sign": sign,
+                     "decision": "detected" if p <= 0.05 else "not detected"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("p, diff, control, expected", [
+    (0.01, -0.2, [], "Yes"),
+    (0.01, +0.2, [], "No, the opposite"),
+    (0.5, -0.01, [(1.0, True)], "Not detected, although the study could see it"),
+    (0.5, -0.01, [(1.0, False), (4.0, True)], "only at 4×"),
+    (0.5, -0.01, [(1.0, False), (4.0, False)], "Inconclusive"),
+])  # fmt: skip
+def test_verdict_rules(p, diff, control, expected):
+    ct = pd.DataFrame([{"size": s, "endpoint": "cka_dh", "mean_diff": -0.1, "p_value": 0.01,
+                        "detected": det} for s, det in control],
+                      columns=["size", "endpoint", "mean_diff", "p_value", "detected"])  # fmt: skip
+    pairs = pd.DataFrame({"seed": [0, 0, 9, 9], "used": [True, True, False, False]})
+    desc = pd.DataFrame(columns=["measure", "arm", "mean", "ci_low", "ci_high", "n"])
+    v = lora_verdict(_endpoints(p, diff), ct, desc, pairs, get_design("full"))
+    assert expected in v["verdict"]
+    assert v["replaced_seeds"] == [9] and "replaced" in v["statement"]
+    json.dumps(v, allow_nan=False)  # strict JSON
 
 
 @pytest.fixture(scope="module")
-def shipped_like(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shipped")
-    for seed in (0, 1):
-        tail = "" if seed == 0 else f"-s{seed}"
-        tiny_checkpoint(d / f"pointer-lora-on{tail}", lora=True, seed=seed)
-        tiny_checkpoint(d / f"pointer-lora-off{tail}", lora=False, seed=seed)
-    tiny_checkpoint(d / "pointer-lora-on-s2", lora=True, seed=2)  # no off partner: left out
-    return d
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    d = tiny_design()
+    paths, pairs = study_models(d, root / "ck", train=True, jobs=1)
+    out = run_lora_study(d, paths, pairs, root / "out", jobs=1, plotlyjs="cdn")
+    return d, out
 
 
-def test_t_interval():
-    m, lo, hi, n = t_interval([1.0, 2.0, 3.0])
-    assert (m, n) == (2.0, 3)
-    assert math.isclose(hi - m, 4.302652729911275 * 1 / math.sqrt(3), rel_tol=1e-9)
-    assert lo == pytest.approx(2 * m - hi)
-    assert np.isnan(t_interval([5.0])[1])
-    assert t_interval([0.0, 0.0, float("nan")])[1:] == (0.0, 0.0, 2)
-
-
-def test_reuse_pairs_seeds(shipped_like):
-    paths = reuse_models(shipped_like, None)
-    assert sorted(paths) == [("off", 0), ("off", 1), ("on", 0), ("on", 1)]
-    with pytest.raises(MythosLensError):
-        reuse_models(shipped_like / "nowhere", None)
-
-
-def test_lora_study(shipped_like, tmp_path):
-    paths = reuse_models(shipped_like, None)
-    out = run_lora_study(paths, tmp_path / "s", small_cfg(), plotlyjs="cdn")
-    study = pd.read_parquet(out / "study.parquet")
-    assert list(study.columns) == list(STUDY_COLUMNS)
-    assert set(study.arm) == {"on", "off", "on-off"}
-    assert set(study.quantity) >= set(QUANTITIES) - {"accuracy"} | {"cka_dh_mean"}
-    # on-off is the paired difference of the per-seed values
-    r = study[(study.quantity == "cka_dh") & (study.x == 0)].set_index("arm")
-    on = np.array(r.loc["on", "values"].split(","), float)
-    off = np.array(r.loc["off", "values"].split(","), float)
-    assert r.loc["on-off", "mean"] == pytest.approx((on - off).mean(), abs=1e-5)
-    assert (study.n <= 2).all()
-    off_ab = study[(study.quantity.str.startswith("ablate")) & (study.arm == "off")]
-    assert (off_ab["mean"] == 0).all()
+def test_lora_study_end_to_end(tiny_study):
+    d, out = tiny_study
+    names = {"pairs", "models", "nulls", "loops", "endpoints", "descriptives", "control",
+             "control_tests"}  # fmt: skip
+    assert {p.stem for p in out.glob("*.csv")} == names
+    ep = pd.read_csv(out / "endpoints.csv")
+    assert list(ep.endpoint) == list(ENDPOINTS) and ep.role.iloc[0] == "primary"
+    nulls = pd.read_csv(out / "nulls.csv")
+    off = nulls[nulls.arm == "off"]
+    assert len(off) and (off.effect == 0).all() and (off.p_value == 1).all()
+    models = pd.read_csv(out / "models.csv")
+    off_use = models[(models.arm == "off") & (models.measure == "delta_acc_lora_removed")]
+    assert (off_use.value == 0).all()
     verdict = json.loads((out / "verdict.json").read_text())
-    assert verdict["lora_off_ablation_exactly_zero"] is True
-    assert verdict["n_seed_pairs"] == 2 and verdict["overall"]
-    text = (out / "report.html").read_text()
-    p = _Parser()
-    p.feed(text)
-    assert p.figures >= 4 and p.summary_items >= 8
-    assert "Verdict" in text
-    for name in ("cka", "ablation", "probes", "depth"):
-        assert (out / "tables" / f"{name}.parquet").is_file()
+    assert verdict["n_seed_pairs"] <= 2 and verdict["design"] == "tiny"
+    assert LoraStudyDesign.from_dict(json.loads((out / "design.json").read_text())) == d
+    ctrl = pd.read_csv(out / "control.csv")
+    assert set(ctrl.variant) == {"distinct", "same"}
+    assert np.allclose(ctrl.delta_norm, ctrl.target_norm, rtol=0.05)
+    assert "Verdict" in (out / "report.html").read_text()
 
 
-def test_verdict_follows_the_numbers():
-    def rows(q, arm, vals, variant=""):
-        m, lo, hi, n = t_interval(vals)
-        return {"quantity": q, "variant": variant, "x": -1, "hop": -1, "arm": arm, "n": n,
-                "mean": m, "ci_low": lo, "ci_high": hi, "values": ""}  # fmt: skip
-
-    used = [rows("ablate_all_dkl", "on", [0.5, 0.6, 0.7]),
-            rows("mean_scale_dkl", "on", [0.1, 0.2, 0.15]),
-            rows("cka_dh_mean", "on-off", [-0.2, -0.25, -0.3])]  # fmt: skip
-    v = lora_verdict(pd.DataFrame(used), True)
-    assert v["lines"]["cka_dh"]["sign"] == -1 and "cka_dh" in v["overall"]
-    unused = [rows("ablate_all_dkl", "on", [0.0, 0.01, -0.01])]
-    assert v["overall"] != lora_verdict(pd.DataFrame(unused), True)["overall"]
-    assert lora_verdict(pd.DataFrame(unused), True)["verdict"].startswith("No detectable")
-    assert v["verdict"].startswith("Yes")
-    partly = used[:2] + [rows("cka_dh_mean", "on-off", [-0.2, 0.25, 0.0])]
-    assert lora_verdict(pd.DataFrame(partly), True)["verdict"].startswith("Partly")
+def test_lora_study_is_deterministic(tiny_study, tmp_path):
+    d, out = tiny_study
+    paths, pairs = study_models(d, out.parent / "ck", train=False)
+    again = run_lora_study(d, paths, pairs, tmp_path / "again", jobs=1, plotlyjs="cdn")
+    for name in ("endpoints", "models", "nulls", "control"):
+        pd.testing.assert_frame_equal(pd.read_csv(out / f"{name}.csv"),
+                                      pd.read_csv(again / f"{name}.csv"))  # fmt: skip
 
 
-def test_study_depth_cli(shipped_like, tmp_path, capsys):
-    out = tmp_path / "d"
-    code = main(["study", "depth", str(shipped_like / "pointer-lora-on"),
-                 str(shipped_like / "pointer-lora-on-s1"), "--out", str(out),
-                 "--depth-loops", "1-3", "--depth-examples", "8", "--no-progress",
-                 "--plotlyjs", "cdn"])  # fmt: skip
-    assert code == 0
-    seeds = pd.read_parquet(out / "depth_seeds.parquet")
-    assert set(seeds.group) == {"pointer-lora-on"} and (seeds.n == 2).all()
-    marks = pd.read_parquet(out / "depth_marks.parquet")
-    assert {"mark", "overthinking", "best"} <= set(marks.columns)
-    assert "Depth (pointer-lora-on-s1), 1 hop(s)" in (out / "report.html").read_text()
+def test_design_dataclass_has_no_unfixed_field():
+    # every field has a default: the design is complete without arguments
+    assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(LoraStudyDesign))  # fmt: skip

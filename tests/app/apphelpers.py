@@ -19,10 +19,10 @@ APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 LOOPS = 4
 
 
-def make_checkpoint(directory: Path, lora: bool, seed: int = 0) -> Path:
-    """An untrained upstream OpenMythos for the pointer task, saved as a checkpoint (the same
-    construction `mythos_lens.train` uses before its first step)."""
-    task = get_task("pointer")
+def make_checkpoint(directory: Path, lora: bool, seed: int = 0, task_name: str = "pointer") -> Path:
+    """An untrained upstream OpenMythos for a task (default pointer), saved as a checkpoint (the
+    same construction `mythos_lens.train` uses before its first step)."""
+    task = get_task(task_name)
     cfg = TrainConfig(loops=LOOPS, lora=lora, seed=seed)
     model = build_model(model_config_for(cfg, task), seed=seed)
     reinit_embedding(model, 1.0, seed=seed + 7919)

@@ -1,0 +1,129 @@
+"""The LoRA study's design, fixed in code before any model is trained or measured.
+
+Question: does upstream's depth-wise LoRA (one shared ``down``/``B``, a per-loop scale vector)
+make successive loop iterations differ?
+
+- **Models**: LoRA-on and LoRA-off (scale zeroed and frozen) trained with one recipe
+  (:data:`STUDY_RECIPE`) and the same seeds; both arms of a seed share initialisation and data.
+- **Stopping criterion**: every trained depth ≥ ``threshold`` held-out accuracy at
+  ``consecutive`` evaluations in a row, within ``step_cap`` steps. A seed whose on *or* off model
+  misses it is replaced by the next spare seed; every replaced pair is reported.
+- **Where**: the answer (last) position, over the loops that matter (a loop matters when cutting
+  the run after it changes some answer: :func:`probes.effective_depth.loops_that_matter`).
+- **Primary endpoint**: paired on − off of ``cka_dh`` (:data:`ENDPOINTS`), two-sided exact
+  sign-flip test over seed pairs, α = 0.05; its interval by a paired hierarchical bootstrap
+  over seeds × examples.
+- **Secondary endpoints**: the rest of :data:`ENDPOINTS`, Holm-adjusted together.
+- **Within-model nulls**: each LoRA intervention against ≥ 100 random row permutations and
+  random rows of equal norm (exact Monte Carlo p per model).
+- **Positive control**: the off models with LoRA rows planted — distinct rows per loop vs one
+  row at every loop, same delta size (:mod:`mythos_lens.studies.control`): the representational
+  endpoints must detect that difference, or their "not detected" means nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from mythos_lens.errors import MythosLensError
+
+# The study recipe: a 3-hop pointer task (6 entities, hop token), loops drawn per batch from
+# 2 … 6 (evaluated and measured at 4), the coda reading the last state (readout "last": loops
+# reach the output, unlike upstream's ACT sum, which training switched off after loop 1 in the
+# shipped models) and a 1-hop curriculum. Pilots (seed 0, one thread beside another run): this
+# recipe reached 1.00 / 1.00 / 1.00 on 1 / 2 / 3 hops at step 7,500 (486 s); three loops fixed
+# (lr 2e-3 or 4e-3) stayed below 0.64 on 2 hops after 8,000 steps; ACT readout reached 0.95 on
+# 3 hops at 8,000 steps.
+STUDY_RECIPE: dict[str, Any] = dict(
+    task="pointer", task_params={"n_entities": 6, "train_hops": 3, "max_hops": 6},
+    loops=6, loops_min=2, eval_loops=4, readout_rule="last", lr=1e-3,
+    eval_every=250, eval_examples=128, final_eval_examples=500,
+    extrap_examples=64, extrap_loops=[1, 2, 3, 4, 6, 8], threads=1, progress=False,
+)  # fmt: skip
+
+# name: (what it measures, the sign on − off takes if LoRA differentiates loops)
+ENDPOINTS: dict[str, tuple[str, str]] = {
+    "cka_dh": ("mean over adjacent loops that matter of debiased CKA(Δh_t, Δh_t+1)", "-"),
+    "cka_h": ("mean over adjacent loops that matter of debiased CKA(h_t, h_t+1)", "-"),
+    "cka_block_out": ("mean over adjacent loops that matter of CKA(block_out_t, block_out_t+1)",
+                      "-"),
+    "router_overlap_excess": ("mean over adjacent loops that matter of router overlap@k − k/E",
+                              "-"),
+    "loop_id_direction_minus_norm": ("loop-identity probe on h_t/‖h_t‖ minus the probe on "
+                                     "log‖h_t‖ alone (size-controlled loop identity)", "+"),
+    "loop_id_block_in_no_emb": ("loop-identity probe on the block input without the "
+                                "loop-embedding channels (where the embedding is added)", "+"),
+    "rows_vs_permutations": ("answer loss, learned row per loop − mean under ≥ 100 random row "
+                             "permutations (off: exactly 0)", "-"),
+    "rows_vs_equal_norm": ("answer loss, learned rows − mean under random rows of equal norms",
+                           "-"),
+    "mean_swap_vs_equal_size": ("loss increase from every loop's row → the mean row, minus the "
+                                "mean increase from moving each row as far in a random direction",
+                                "+"),
+}  # fmt: skip
+PRIMARY = "cka_dh"
+# The representational endpoints: the ones the positive control must be able to move.
+REPRESENTATIONAL = ("cka_dh", "cka_h", "cka_block_out", "router_overlap_excess",
+                    "loop_id_direction_minus_norm", "loop_id_block_in_no_emb")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoraStudyDesign:
+    """Every number the study fixes in advance (see the module docstring)."""
+
+    name: str = "full"
+    seeds: tuple[int, ...] = tuple(range(8))
+    spare_seeds: tuple[int, ...] = tuple(range(100, 108))
+    threshold: float = 0.99
+    consecutive: int = 2
+    step_cap: int = 10000
+    recipe: dict[str, Any] = field(default_factory=lambda: dict(STUDY_RECIPE))
+    primary: str = PRIMARY
+    alpha: float = 0.05
+    n_examples: int = 512  # held-out answers per model (measures)
+    null_examples: int = 256  # of them, for the within-model nulls
+    n_null: int = 100  # permutations / random rows per null
+    probe_splits: int = 5
+    n_bootstrap: int = 1000  # hierarchical bootstrap of the primary
+    control_sizes: tuple[float, ...] = (1.0, 4.0)  # planted delta size / the on model's
+    seed: int = 0  # of every random choice in the analysis (data, nulls, bootstrap, control)
+
+    @property
+    def secondary(self) -> tuple[str, ...]:
+        return tuple(e for e in ENDPOINTS if e != self.primary)
+
+    def train_config(self, lora: bool, seed: int, out_dir: str | None = None) -> Any:
+        """The :class:`~mythos_lens.train.TrainConfig` of one study model."""
+        from mythos_lens.train import TrainConfig
+
+        name = f"study-lora-{'on' if lora else 'off'}-s{seed}"
+        return TrainConfig(name=name, lora=lora, seed=seed, out_dir=out_dir,
+                           steps=self.step_cap, early_stop_acc=self.threshold,
+                           early_stop_patience=self.consecutive, **self.recipe)  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoraStudyDesign:
+        """Inverse of :meth:`to_dict` (derived keys ignored)."""
+        tuples = {"seeds", "spare_seeds", "control_sizes"}
+        return cls(**{f.name: tuple(d[f.name]) if f.name in tuples else d[f.name]
+                      for f in fields(cls) if f.name in d})  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "secondary": list(self.secondary),
+                "endpoints": {k: {"meaning": v[0], "differentiation_sign": v[1]}
+                              for k, v in ENDPOINTS.items()}}  # fmt: skip
+
+
+DESIGNS: dict[str, LoraStudyDesign] = {
+    "full": LoraStudyDesign(),
+    # about 30 min on 2 cores with training: 3 seed pairs (exact two-sided sign-flip p >= 0.25,
+    # so it cannot detect anything: a run of the whole pipeline and a look at effect sizes)
+    "quick": LoraStudyDesign(name="quick", seeds=(0, 1, 2), spare_seeds=(100,), n_bootstrap=500),
+}  # fmt: skip
+
+
+def get_design(name: str) -> LoraStudyDesign:
+    if name not in DESIGNS:
+        raise MythosLensError(f"unknown study design {name!r}", f"one of {sorted(DESIGNS)}")
+    return DESIGNS[name]
