@@ -243,12 +243,17 @@ def add_analysis_options(p: argparse.ArgumentParser, n_default: int = 512) -> No
                    help="sequences kept for probes (memory cap)")  # fmt: skip
     p.add_argument("--depth-loops", default=None, help="loop counts of the depth table, e.g. 1-12")
     p.add_argument("--depth-examples", type=int, default=128, help="examples per depth cell")
+    add_output_options(p)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """Threads and output options of every command that writes a report directory."""
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output dir (only one mythos-lens wrote)")  # fmt: skip
     p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
                    help="inline: report opens offline (+4.6 MB); cdn: small file")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true")
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -342,11 +347,7 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
                    help="checkpoints: trained into / read from here (default runs/lora-study-"
                    "DESIGN/checkpoints; with --reuse data/checkpoints/lora-study-DESIGN)")  # fmt: skip
     q.add_argument("--jobs", type=int, default=2, help="processes at a time (training, measures)")
-    q.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
-    q.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output dir (only one mythos-lens wrote)")  # fmt: skip
-    q.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
-                   help="inline: report opens offline (+4.6 MB); cdn: small file")  # fmt: skip
+    add_output_options(q)
     q.set_defaults(handler=_study)
     d = ssub.add_parser("depth", help="accuracy over depth × loops (helps / flat / "
                         "overthinking) and whether loop t does hop t+1")  # fmt: skip

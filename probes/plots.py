@@ -76,6 +76,20 @@ def token_loop_heatmap(
     return fig
 
 
+def share_heatmap(
+    df: pd.DataFrame, index: str, columns: str, values: str, *, title: str, xaxis_title: str,
+    yaxis_title: str,
+) -> go.Figure:  # fmt: skip
+    """Heatmap of a share in [0, 1] (colour scale fixed to 0 … 1, each cell labelled): z[i, j] =
+    ``values`` at ``index`` ``y[i]`` and ``columns`` ``x[j]`` of `df` (one row per cell)."""
+    _need(df, [index, columns, values], "share_heatmap")
+    grid = df.pivot(index=index, columns=columns, values=values)
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(float), x=grid.columns, y=grid.index, zmin=0,
+                               zmax=1, texttemplate="%{z:.2f}", colorbar={"title": "share"}))  # fmt: skip
+    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title)
+    return fig
+
+
 def loop_loop_heatmap(
     df: pd.DataFrame,
     *,

@@ -80,9 +80,8 @@ def causal_statements(tables: dict[str, pd.DataFrame], name: str) -> list[str]:
 
 def causal_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, Any]]:
     """Report figures of the causal tables, one set per checkpoint."""
-    import plotly.graph_objects as go
-
     from probes.causal_plots import depth_figure, patch_figure
+    from probes.plots import share_heatmap
 
     figs: list[tuple[str, Any]] = []
     ed = tables.get("effective_depth")
@@ -94,12 +93,9 @@ def causal_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, Any]]:
                                   f"{ck}: which loops reach the output")))  # fmt: skip
     rd = tables.get("attention_reads")
     for ck, g in rd.groupby("checkpoint", sort=False) if rd is not None and len(rd) else []:
-        grid = g.pivot(index="head", columns="loop", values="top_is_expected")
-        fig = go.Figure(go.Heatmap(z=grid.to_numpy(float), x=grid.columns, y=grid.index,
-                                   zmin=0, zmax=1, texttemplate="%{z:.2f}",
-                                   colorbar={"title": "share"}))  # fmt: skip
-        fig.update_layout(title=f"{ck}: the pair each loop reads most is the hop-(t+1) pair",
-                          xaxis_title="loop t", yaxis_title="head (-1: mean)")  # fmt: skip
+        fig = share_heatmap(g, "head", "loop", "top_is_expected", title=f"{ck}: the pair each "
+                            "loop reads most is the hop-(t+1) pair", xaxis_title="loop t",
+                            yaxis_title="head (-1: mean)")  # fmt: skip
         figs.append((f"{ck}: share of examples whose most-attended pair (query position) holds "
                      "hop t+1.", fig))  # fmt: skip
     pt = tables.get("patching")

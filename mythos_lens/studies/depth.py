@@ -26,6 +26,7 @@ from mythos_lens.analysis.run import peak_rss_mb
 from mythos_lens.analysis.summary import depth_marks, depth_statements
 from mythos_lens.atomic import AtomicDir
 from mythos_lens.errors import MythosLensError
+from probes.plots import share_heatmap
 from probes.stats import bootstrap_ci
 
 HOP_EVIDENCE_LOOPS_PAST_DEPTH = 2  # hop evidence runs max depth + this many loops
@@ -102,12 +103,9 @@ def depth_figures(seeds: pd.DataFrame, marks: pd.DataFrame,
         figs.append((f"{grp}: held-out accuracy; ↑ = significantly above the previous loop "
                      "count, ▼ = significantly below the row's best at a higher loop count.", fig))  # fmt: skip
     for ck, g in hops.groupby("checkpoint", sort=False):
-        grid = g.pivot(index="depth", columns="loop", values="exit_reads_hop")
-        fig = go.Figure(go.Heatmap(z=grid.to_numpy(float), x=grid.columns, y=grid.index,
-                                   zmin=0, zmax=1, texttemplate="%{z:.2f}",
-                                   colorbar={"title": "share"}))  # fmt: skip
-        fig.update_layout(title=f"{ck}: a run stopped after loop t outputs hop t+1's entity",
-                          xaxis_title="loop t", yaxis_title="depth")  # fmt: skip
+        fig = share_heatmap(g, "depth", "loop", "exit_reads_hop", title=f"{ck}: a run stopped "
+                            "after loop t outputs hop t+1's entity", xaxis_title="loop t",
+                            yaxis_title="depth")  # fmt: skip
         figs.append((f"{ck}: exit lens reads hop t+1 (depth × loop); chance "
                      f"{g.chance_exit.iloc[0]:.3f}.", fig))  # fmt: skip
     return figs

@@ -199,3 +199,63 @@ def test_design_dataclass_has_no_unfixed_field():
     # every field has a default: the design is complete without arguments
     assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
                for f in dataclasses.fields(LoraStudyDesign))  # fmt: skip
+
+
+def _tiny_fixed_point(path, seed=0):
+    from mythos_lens.checkpoint import save_checkpoint
+    from mythos_lens.model import build_model
+    from mythos_lens.tasks.registry import get_task
+    from mythos_lens.train import TrainConfig, model_config_for
+
+    task = get_task("fixed-point")
+    cfg = TrainConfig(dim=32, n_experts=4, expert_dim=16, lora_rank=2, loops=3)
+    model = build_model(model_config_for(cfg, task), seed=seed)
+    meta = {"task": task.spec(), "train_config": {"readout_rule": "act", "eval_loops": 3}}
+    save_checkpoint(model, path, metadata=meta)
+    return path
+
+
+def test_hop_evidence_matches_direct_runs(tmp_path):
+    from mythos_lens.capture import run
+    from mythos_lens.studies.hop_evidence import HOP_EVIDENCE_COLUMNS, hop_evidence
+
+    ck = _tiny_fixed_point(tmp_path / "fp")
+    model, task = load_checkpoint(ck), load_task(ck)
+    h = hop_evidence(model, task, "fp", n_loops=4, per_depth=16, seed=0, probe_splits=2)
+    assert list(h.columns) == list(HOP_EVIDENCE_COLUMNS)
+    assert len(h) == task.max_hops * 4
+    for d in (1, 3):
+        b = task.generate(16, "heldout", seed=d, hops=[d])  # the batch hop_evidence draws
+        for t in range(4):
+            out = run(model, b.input_ids, n_loops=t + 1)[0][:, -1].argmax(-1)
+            hop = torch.as_tensor(task.value_id(b.hop_entities[:, min(t, d - 1)].numpy()))
+            row = h[(h.depth == d) & (h.loop == t)].iloc[0]
+            assert row.exit_reads_end == pytest.approx(float((out == b.answer).double().mean()))
+            assert row.exit_reads_hop == pytest.approx(float((out == hop).double().mean()))
+            assert np.isnan(row.attn_reads_pair) == (t >= d)
+
+
+def test_study_depth_cli(tmp_path):
+    from mythos_lens.cli import main
+
+    for s in (0, 1):
+        _tiny_fixed_point(tmp_path / ("fp" if s == 0 else f"fp-s{s}"), seed=s)
+    out = tmp_path / "d"
+    code = main(["study", "depth", str(tmp_path / "fp"), str(tmp_path / "fp-s1"), "--out",
+                 str(out), "--depth-loops", "1-3", "--depth-examples", "8", "--no-progress",
+                 "--plotlyjs", "cdn"])  # fmt: skip
+    assert code == 0
+    seeds = pd.read_parquet(out / "depth_seeds.parquet")
+    assert set(seeds.group) == {"fp"} and (seeds.n == 2).all()
+    assert (seeds.ci_low <= seeds["mean"]).all() and (seeds["mean"] <= seeds.ci_high).all()
+    marks = pd.read_parquet(out / "depth_marks.parquet")
+    assert {"mark", "overthinking", "best"} <= set(marks.columns)
+    hops = pd.read_parquet(out / "hop_evidence.parquet")
+    assert set(hops.checkpoint) == {"fp", "fp-s1"} and hops.loop.max() == task_max(tmp_path) + 1
+    rec = pd.read_csv(out / "recipes.csv")
+    assert list(rec.readout_rule) == ["act", "act"] and list(rec.trained_loops) == [3, 3]
+    assert "exit lens reads hop t+1" in (out / "report.html").read_text()
+
+
+def task_max(tmp_path):
+    return load_task(tmp_path / "fp").max_hops

@@ -136,3 +136,16 @@ def test_convergence_curves_are_medians_with_iqr(trace):
     assert convergence_curves(kl).data[0].name == "kl_prev"
     with pytest.raises(MythosLensError, match="columns"):
         convergence_curves(pd.DataFrame({"loop": [0]}))
+
+
+def test_share_heatmap_cells_are_the_table():
+    from probes.plots import share_heatmap
+
+    df = pd.DataFrame({"depth": [1, 1, 2, 2], "loop": [0, 1, 0, 1], "s": [0.1, 0.2, 0.3, 0.4]})
+    fig = share_heatmap(df, "depth", "loop", "s", title="t", xaxis_title="x", yaxis_title="y")
+    hm = fig.data[0]
+    assert np.allclose(np.asarray(hm.z), [[0.1, 0.2], [0.3, 0.4]])
+    assert (hm.zmin, hm.zmax) == (0, 1) and list(hm.y) == [1, 2]
+    with pytest.raises(MythosLensError):
+        share_heatmap(df.drop(columns="s"), "depth", "loop", "s", title="t", xaxis_title="x",
+                      yaxis_title="y")  # fmt: skip
