@@ -31,7 +31,10 @@ def _need_browser():
 
 
 def _loops_shown(page) -> list[str]:
-    return first_chart_data(page)[0]["y"]
+    """Row labels of the first heatmap: one per loop, then the final-output reference row."""
+    rows = first_chart_data(page)[0]["y"]
+    assert rows[-1] == "output", rows
+    return rows[:-1]
 
 
 def test_app_in_a_real_browser(checkpoint_root: Path):
@@ -60,7 +63,7 @@ def test_app_in_a_real_browser(checkpoint_root: Path):
             loops.fill(str(more))
             loops.press("Enter")
             page.wait_for_function(
-                "([s, n]) => document.querySelector(s).data[0].y.length === n", arg=[CHARTS, more]
+                "([s, n]) => document.querySelector(s).data[0].y.length === n", arg=[CHARTS, more + 1]
             )
             wait_idle(page, charts=3)
             assert _loops_shown(page)[-1] == f"loop {more - 1}"
