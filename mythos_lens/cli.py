@@ -340,7 +340,9 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
     q = ssub.add_parser("lora", help="LoRA-on vs LoRA-off: the pre-registered design of "
                         "mythos_lens/studies/design.py")  # fmt: skip
     q.add_argument("--out", required=True, help="output directory (written atomically)")
-    q.add_argument("--design", default="full", help="full (8 seed pairs) or quick (3, ~30 min)")
+    q.add_argument(
+        "--design", default="full", help="full (8 seed pairs) or quick (2, under 30 min)"
+    )
     q.add_argument("--reuse", action="store_true",
                    help="analyse the shipped study checkpoints (no training)")  # fmt: skip
     q.add_argument("--dir", default=None,

@@ -42,8 +42,10 @@ def _one_checkpoint(job: tuple[str, Any]) -> dict[str, Any]:
     import torch
 
     from mythos_lens.analysis.tables import depth_table
+    from mythos_lens.capture import capture
     from mythos_lens.checkpoint import load_checkpoint, load_task, read_config
     from mythos_lens.studies.hop_evidence import hop_evidence
+    from mythos_lens.studies.measures import answer_loops
 
     path, cfg = job
     torch.set_num_threads(1)
@@ -58,9 +60,15 @@ def _one_checkpoint(job: tuple[str, Any]) -> dict[str, Any]:
     hop_loops = task.max_hops + HOP_EVIDENCE_LOOPS_PAST_DEPTH
     hops = hop_evidence(model, task, ck.name, n_loops=hop_loops, per_depth=cfg.depth_examples * 2,
                         seed=cfg.seed)  # fmt: skip
+    b = task.generate(cfg.n_examples, "heldout", seed=cfg.seed)  # the trained depths
+    tr = capture(model, b.input_ids, n_loops=n_loops, run_all_loops=True,
+                 sites=["resid_post", "act_weight"])  # fmt: skip
+    matters, _ = answer_loops(model, tr)
     recipe = {"checkpoint": ck.name, "readout_rule": tc.get("readout_rule", "act"),
               "trained_depth": task.train_hops, "trained_loops": n_loops, "task": task.name,
-              "lora": tc.get("lora", True)}  # fmt: skip
+              "lora": tc.get("lora", True),
+              "loops_that_matter": " ".join(str(t) for t in matters.loop[matters.matters]),
+              "act_weight_sum": float(tr["act_weight"][:, :, -1].double().sum(0).mean())}  # fmt: skip
     return {"depth": depth, "hops": hops, "recipe": recipe}
 
 

@@ -50,6 +50,14 @@ class ModelData:
     nulls: dict[str, dict[str, Any]] = field(default_factory=dict)  # within-model null tests
 
 
+def answer_loops(model: Any, tr: Any) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Which loops matter at the answer (last) position of trace `tr` (every loop run), and the
+    exit logits ``[loop, batch, pos, vocab]`` (the output of a run stopped after each loop)."""
+    exit_lg = adapter_for(model).exit_logits(model, tr)
+    depth = effective_depth(exit_lg[:, :, -1:], tr.logits[:, -1:])
+    return loops_that_matter(depth, tr.n_loops), exit_lg
+
+
 def adjacent_pairs(matters: list[int]) -> list[tuple[int, int]]:
     """Adjacent loop pairs (t, t+1) whose two loops both matter."""
     m = set(matters)
@@ -142,9 +150,7 @@ def measure_model(
     tr = capture(model, ids, n_loops=n_loops, run_all_loops=True,
                  sites=["resid_post", "e", "block_out", "block_in", "expert_ids", "act_weight",
                         "halt_prob", "lora_delta"])  # fmt: skip
-    exit_lg = adapter_for(model).exit_logits(model, tr)
-    depth = effective_depth(exit_lg[:, :, -1:], tr.logits[:, -1:])
-    m = loops_that_matter(depth, tr.n_loops)
+    m, exit_lg = answer_loops(model, tr)
     matters = m[m["matters"]]["loop"].tolist()
     h = tr["resid_post"][:, :, -1].double().numpy()
     data = ModelData(h=h, h0=tr["e"][:, -1].double().numpy(), matters=matters)

@@ -137,7 +137,9 @@ def depth_table_block(r: Path) -> str:
         rc = recipes.loc[ck]
         loops = sorted(g.n_loops.unique())
         out.append(f"`{ck}` (readout `{rc.readout_rule}`, trained on depth ≤ "
-                   f"{rc.trained_depth} with {rc.trained_loops} loops at evaluation):\n")  # fmt: skip
+                   f"{rc.trained_depth}, evaluated at {rc.trained_loops} loops; there, loops that "
+                   f"matter at the answer: {rc.loops_that_matter or 'none'}, Σ ACT weight "
+                   f"{rc.act_weight_sum:.3f}):\n")  # fmt: skip
         out.append("| depth \\ loops | " + " | ".join(str(n) for n in loops) + " |")
         out.append("|---" * (len(loops) + 1) + "|")
         for hop, gh in g.groupby("hops", sort=True):

@@ -254,6 +254,7 @@ def test_study_depth_cli(tmp_path):
     assert set(hops.checkpoint) == {"fp", "fp-s1"} and hops.loop.max() == task_max(tmp_path) + 1
     rec = pd.read_csv(out / "recipes.csv")
     assert list(rec.readout_rule) == ["act", "act"] and list(rec.trained_loops) == [3, 3]
+    assert rec.act_weight_sum.between(0, 3).all() and rec.loops_that_matter.notna().all()
     assert "exit lens reads hop t+1" in (out / "report.html").read_text()
 
 
