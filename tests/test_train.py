@@ -15,7 +15,9 @@ from mythos_lens.train import TrainConfig, disable_lora, preset_config, train
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 REQUIRED = ["pointer-lora-on", "pointer-lora-off"]
-SHIPPED = sorted(set(REQUIRED) | {p.name for p in DATA.glob("pointer-lora-*") if p.is_dir()})
+# every shipped checkpoint, the LoRA study's (one folder down) included
+SHIPPED = sorted(set(REQUIRED) | {str(p.parent.relative_to(DATA)) for p in
+                                  [*DATA.glob("*/config.json"), *DATA.glob("*/*/config.json")]})  # fmt: skip
 
 # A fast run: small model, few steps, small evaluations.
 FAST = dict(
@@ -146,5 +148,6 @@ def test_shipped_checkpoint_reaches_recorded_accuracy(name):
     acc = per_hop_accuracy(model, fresh, metrics["eval_loops"])
     for h in hops:
         recorded = metrics["heldout_accuracy"][str(h)]["accuracy"]
-        assert recorded >= 0.9
+        if name in REQUIRED:  # the app's default models must be good at the task
+            assert recorded >= 0.9
         assert abs(acc[h] - recorded) < 0.06, (h, acc[h], recorded)
