@@ -122,6 +122,7 @@ ADAPTER = Adapter(
     ),  # fmt: skip
     readouts={"logit": mlm_lens},
     exit_logits=lambda model, trace: torch.stack([mlm_lens(model)(h) for h in trace["repeat_out"]]),
+    exit_sites=("repeat_out",),
     entry=lambda model: model.albert.embeddings,
     head=lambda model: model.predictions,
     meta=lambda model, steps_run: {"num_hidden_layers": model.config.num_hidden_layers},

@@ -73,6 +73,7 @@ class Adapter:
     check_ids: Callable[[Any, Any], torch.Tensor]
     readouts: Mapping[str, Callable[[Any], Readout]]
     exit_logits: Callable[[Any, Any], torch.Tensor] | None = None
+    exit_sites: tuple[str, ...] = ()  # the sites a trace needs for `exit_logits`
     # generate(model, ids, max_new_tokens, n_steps, session, **options) -> all ids [batch, T+new]
     generate: Callable[..., torch.Tensor] | None = None
     # loop_step(model, state_in, t) -> (h_{t-1} -> h_t): the loop map, for its Jacobian

@@ -241,6 +241,7 @@ ADAPTER = Adapter(
     check_ids=_check_ids,
     readouts={"logit": logit_lens},
     exit_logits=exit_logits,
+    exit_sites=("H_out",),
     generate=generate,
     entry=lambda model: model.model.embed_tokens,
     head=lambda model: model.lm_head,

@@ -264,6 +264,7 @@ ADAPTER = Adapter(
     check_ids=lambda ids, model: as_input_ids(ids, model),
     readouts={"logit": logit_lens, "coda": coda_lens},
     exit_logits=exit_logits,
+    exit_sites=("resid_post", "act_weight", "halt_prob"),  # halt_prob: rules other than act
     loop_step=loop_step,
     generate=lambda model, ids, new, n, session, **options: model.generate(
         ids, max_new_tokens=new, n_loops=n, **options

@@ -41,6 +41,7 @@ def recipe_group(name: str) -> str:
 def _one_checkpoint(job: tuple[str, Any]) -> dict[str, Any]:
     import torch
 
+    from mythos_lens.adapters import adapter_for
     from mythos_lens.analysis.tables import depth_table
     from mythos_lens.capture import capture
     from mythos_lens.checkpoint import load_checkpoint, load_task, read_config
@@ -62,7 +63,7 @@ def _one_checkpoint(job: tuple[str, Any]) -> dict[str, Any]:
                         seed=cfg.seed)  # fmt: skip
     b = task.generate(cfg.n_examples, "heldout", seed=cfg.seed)  # the trained depths
     tr = capture(model, b.input_ids, n_loops=n_loops, run_all_loops=True,
-                 sites=["resid_post", "act_weight"])  # fmt: skip
+                 sites=list(adapter_for(model).exit_sites))  # fmt: skip
     matters, _ = answer_loops(model, tr)
     recipe = {"checkpoint": ck.name, "readout_rule": tc.get("readout_rule", "act"),
               "trained_depth": task.train_hops, "trained_loops": n_loops, "task": task.name,

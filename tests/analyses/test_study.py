@@ -201,16 +201,17 @@ def test_design_dataclass_has_no_unfixed_field():
                for f in dataclasses.fields(LoraStudyDesign))  # fmt: skip
 
 
-def _tiny_fixed_point(path, seed=0):
+def _tiny_fixed_point(path, seed=0, readout="act"):
     from mythos_lens.checkpoint import save_checkpoint
     from mythos_lens.model import build_model
+    from mythos_lens.readout_rule import set_readout_rule
     from mythos_lens.tasks.registry import get_task
     from mythos_lens.train import TrainConfig, model_config_for
 
     task = get_task("fixed-point")
     cfg = TrainConfig(dim=32, n_experts=4, expert_dim=16, lora_rank=2, loops=3)
-    model = build_model(model_config_for(cfg, task), seed=seed)
-    meta = {"task": task.spec(), "train_config": {"readout_rule": "act", "eval_loops": 3}}
+    model = set_readout_rule(build_model(model_config_for(cfg, task), seed=seed), readout)
+    meta = {"task": task.spec(), "train_config": {"readout_rule": readout, "eval_loops": 3}}
     save_checkpoint(model, path, metadata=meta)
     return path
 
@@ -240,20 +241,24 @@ def test_study_depth_cli(tmp_path):
 
     for s in (0, 1):
         _tiny_fixed_point(tmp_path / ("fp" if s == 0 else f"fp-s{s}"), seed=s)
+    _tiny_fixed_point(tmp_path / "last", readout="last")  # its exit lens needs halt_prob
     out = tmp_path / "d"
-    code = main(["study", "depth", str(tmp_path / "fp"), str(tmp_path / "fp-s1"), "--out",
+    code = main(["study", "depth", str(tmp_path / "fp"), str(tmp_path / "fp-s1"),
+                 str(tmp_path / "last"), "--out",
                  str(out), "--depth-loops", "1-3", "--depth-examples", "8", "--no-progress",
                  "--plotlyjs", "cdn"])  # fmt: skip
     assert code == 0
     seeds = pd.read_parquet(out / "depth_seeds.parquet")
-    assert set(seeds.group) == {"fp"} and (seeds.n == 2).all()
-    assert (seeds.ci_low <= seeds["mean"]).all() and (seeds["mean"] <= seeds.ci_high).all()
+    assert set(seeds.group) == {"fp", "last"}
+    assert (seeds[seeds.group == "fp"].n == 2).all() and (seeds[seeds.group == "last"].n == 1).all()
+    two = seeds[seeds.group == "fp"]
+    assert (two.ci_low <= two["mean"]).all() and (two["mean"] <= two.ci_high).all()
     marks = pd.read_parquet(out / "depth_marks.parquet")
     assert {"mark", "overthinking", "best"} <= set(marks.columns)
     hops = pd.read_parquet(out / "hop_evidence.parquet")
-    assert set(hops.checkpoint) == {"fp", "fp-s1"} and hops.loop.max() == task_max(tmp_path) + 1
+    assert set(hops.checkpoint) == {"fp", "fp-s1", "last"} and hops.loop.max() == task_max(tmp_path) + 1
     rec = pd.read_csv(out / "recipes.csv")
-    assert list(rec.readout_rule) == ["act", "act"] and list(rec.trained_loops) == [3, 3]
+    assert list(rec.readout_rule) == ["act", "act", "last"] and (rec.trained_loops == 3).all()
     assert rec.act_weight_sum.between(0, 3).all() and rec.loops_that_matter.notna().all()
     assert "exit lens reads hop t+1" in (out / "report.html").read_text()
 
