@@ -69,12 +69,14 @@ def checkpoint_root() -> Path:
 
 
 def shipped_checkpoints() -> dict[str, str]:
-    """Checkpoint name -> directory for every folder of :func:`checkpoint_root` with a config."""
+    """Checkpoint name -> directory for every folder of :func:`checkpoint_root` with a config,
+    and one level down (a study's models: ``lora-study-full/study-lora-on-s0``), top level first."""
     root = checkpoint_root()
     if not root.is_dir():
         return {}
-    dirs = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
-    return {p.name: str(p) for p in dirs}
+    top = sorted(p.parent for p in root.glob(f"*/{CONFIG_FILE}"))
+    nested = sorted(p.parent for p in root.glob(f"*/*/{CONFIG_FILE}"))
+    return {p.relative_to(root).as_posix(): str(p) for p in [*top, *nested]}
 
 
 def checkpoint_key(directory: str) -> tuple[str, float]:

@@ -387,3 +387,16 @@ def test_loops_page_filters_loops_that_do_not_matter(app, checkpoint_root):
     app.toggle(key="only_matter").set_value(True).run()
     assert not app.exception
     assert z(figure(app, "CKA (debiased): Δh_t")).shape == (len(used), len(used))
+
+
+def test_checkpoint_list_includes_a_study_folder(tmp_path, monkeypatch):
+    import app.state as state
+
+    for d in ("b", "a", "study/x-s1", "study/x-s0", "empty", "study/nothing"):
+        (tmp_path / d).mkdir(parents=True)
+    for d in ("b", "a", "study/x-s1", "study/x-s0"):
+        (tmp_path / d / "config.json").write_text("{}")
+    monkeypatch.setenv(state.CHECKPOINTS_ENV, str(tmp_path))
+    listed = state.shipped_checkpoints()
+    assert list(listed) == ["a", "b", "study/x-s0", "study/x-s1"]
+    assert listed["study/x-s0"] == str(tmp_path / "study" / "x-s0")
