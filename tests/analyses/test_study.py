@@ -256,7 +256,10 @@ def test_study_depth_cli(tmp_path):
     marks = pd.read_parquet(out / "depth_marks.parquet")
     assert {"mark", "overthinking", "best"} <= set(marks.columns)
     hops = pd.read_parquet(out / "hop_evidence.parquet")
-    assert set(hops.checkpoint) == {"fp", "fp-s1", "last"} and hops.loop.max() == task_max(tmp_path) + 1
+    assert (
+        set(hops.checkpoint) == {"fp", "fp-s1", "last"}
+        and hops.loop.max() == task_max(tmp_path) + 1
+    )
     rec = pd.read_csv(out / "recipes.csv")
     assert list(rec.readout_rule) == ["act", "act", "last"] and (rec.trained_loops == 3).all()
     assert rec.act_weight_sum.between(0, 3).all() and rec.loops_that_matter.notna().all()

@@ -63,7 +63,8 @@ def test_app_in_a_real_browser(checkpoint_root: Path):
             loops.fill(str(more))
             loops.press("Enter")
             page.wait_for_function(
-                "([s, n]) => document.querySelector(s).data[0].y.length === n", arg=[CHARTS, more + 1]
+                "([s, n]) => document.querySelector(s).data[0].y.length === n",
+                arg=[CHARTS, more + 1],
             )
             wait_idle(page, charts=3)
             assert _loops_shown(page)[-1] == f"loop {more - 1}"
