@@ -70,7 +70,7 @@ def checkpoint_root() -> Path:
 
 def shipped_checkpoints() -> dict[str, str]:
     """Checkpoint name -> directory for every folder of :func:`checkpoint_root` with a config,
-    and one level down (a study's models: ``lora-study-full/study-lora-on-s0``), top level first."""
+    and one level down (a study's models: ``lora-study/study-lora-on-s0``), top level first."""
     root = checkpoint_root()
     if not root.is_dir():
         return {}

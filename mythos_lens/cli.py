@@ -312,12 +312,8 @@ def _study(args: argparse.Namespace) -> int:
     from mythos_lens.studies.models import study_models
 
     design = get_design(args.design)
-    if args.dir is None:
-        args.dir = (
-            f"data/checkpoints/lora-study-{design.name}"
-            if args.reuse
-            else f"runs/lora-study-{design.name}/checkpoints"
-        )
+    if args.dir is None:  # designs share models (same recipe per seed: studies.models)
+        args.dir = "data/checkpoints/lora-study" if args.reuse else "runs/lora-study/checkpoints"
     paths, pairs = study_models(design, args.dir, train=not args.reuse, jobs=jobs)
     train_s = time.perf_counter() - t0
     out = run_lora_study(design, paths, pairs, args.out, jobs=jobs, overwrite=args.overwrite,
@@ -341,13 +337,13 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
                         "mythos_lens/studies/design.py")  # fmt: skip
     q.add_argument("--out", required=True, help="output directory (written atomically)")
     q.add_argument(
-        "--design", default="full", help="full (8 seed pairs) or quick (2, under 30 min)"
+        "--design", default="full", help="full (8 seed pairs) or quick (2 pairs: about 25 min)"
     )
     q.add_argument("--reuse", action="store_true",
                    help="analyse the shipped study checkpoints (no training)")  # fmt: skip
     q.add_argument("--dir", default=None,
-                   help="checkpoints: trained into / read from here (default runs/lora-study-"
-                   "DESIGN/checkpoints; with --reuse data/checkpoints/lora-study-DESIGN)")  # fmt: skip
+                   help="checkpoints: trained into / read from here (default runs/lora-study/"
+                   "checkpoints; with --reuse data/checkpoints/lora-study)")  # fmt: skip
     q.add_argument("--jobs", type=int, default=2, help="processes at a time (training, measures)")
     add_output_options(q)
     q.set_defaults(handler=_study)

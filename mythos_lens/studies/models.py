@@ -44,6 +44,28 @@ def _train_one(job: tuple[dict[str, Any], bool, int, str]) -> str:
     return Path(out).name
 
 
+# What decides a study model: designs that agree on these share their models (full and quick do).
+_RECIPE_FIELDS = ("lora", "seed", "steps", "early_stop_acc", "early_stop_patience")
+_RUNTIME_FIELDS = ("threads", "progress")
+
+
+def check_recipe(path: Path, design: LoraStudyDesign, arm: str, seed: int) -> None:
+    """Raise MythosLensError unless the checkpoint at `path` was trained with the design's recipe
+    for (arm, seed) — a folder of other models must not enter the study unnoticed."""
+    from dataclasses import asdict
+
+    from mythos_lens.checkpoint import read_config
+
+    have = read_config(path).get("metadata", {}).get("train_config", {}) or {}
+    want = json.loads(json.dumps(asdict(design.train_config(arm == "on", seed))))
+    for k in (*design.recipe, *_RECIPE_FIELDS):
+        if k not in _RUNTIME_FIELDS and have.get(k) != want[k]:
+            raise MythosLensError(
+                f"{path} was trained with {k}={have.get(k)!r}",
+                f"{k}={want[k]!r}, as design {design.name!r} trains study-lora-{arm}-s{seed}",
+            )
+
+
 def pair_status(path: Path, design: LoraStudyDesign) -> dict[str, Any]:
     """Whether one trained model met the design's stopping criterion (read from its history)."""
     m = json.loads((path / "metrics.json").read_text())
@@ -83,6 +105,8 @@ def study_models(
                     print(f"  trained {name}", flush=True)
         failed = 0
         for s in queue:
+            for arm in ARMS:
+                check_recipe(model_dir(directory, arm, s), design, arm, s)
             st = {arm: pair_status(model_dir(directory, arm, s), design) for arm in ARMS}
             ok = all(v["reached"] for v in st.values())
             role = "design" if s in design.seeds else "spare"
