@@ -48,7 +48,8 @@ def lora_verdict(
     Rules (fixed with the design): the primary endpoint decides the representational answer —
     detected in the differentiating direction → "yes"; detected the other way → "no, the
     opposite"; not detected → "not detected", qualified by the positive control (the smallest
-    planted size whose distinct-vs-same difference the primary detects). The functional answer
+    planted size whose distinct-vs-same difference the primary detects); too few seed pairs for
+    the test to reach α at all (the quick design) → "not decidable". The functional answer
     comes from ``rows_vs_permutations`` (Holm-adjusted): the learned row order beats random
     orders → the models depend on which row sits at which loop."""
     ep = {r.endpoint: _endpoint(r) for _, r in endpoints.iterrows()}
@@ -62,9 +63,14 @@ def lora_verdict(
           f"{_fmt(prim['hb_high'])}], exact sign-flip p = {_fmt(prim['p_value'], '.4g')}, "
           f"n = {n} seed pairs")  # fmt: skip
     detected = prim["decision"] == "detected"
+    underpowered = prim.get("min_p") is not None and prim["min_p"] > design.alpha
     if prim["decision"].startswith("not estimable"):
         label = ("Not estimable: fewer than 2 seed pairs have two adjacent loops that matter in "
                  "both arms")  # fmt: skip
+    elif underpowered:
+        label = (f"Not decidable with {n} seed pairs: the smallest p their sign-flip test can "
+                 f"return is {prim['min_p']:.3g} > α = {design.alpha:g}, so this run gives effect "
+                 "sizes only (the full design decides)")  # fmt: skip
     elif detected and prim["direction"] == "differentiating":
         label = "Yes: with depth-wise LoRA successive loop updates are less alike"
     elif detected:

@@ -58,9 +58,14 @@ def test_design_is_fixed_and_round_trips():
         get_design("huge")
 
 
-def _fake_trained(path, seed, lora, accs):
-    """A tiny checkpoint with a training history whose held-out accuracies are `accs`."""
+def _fake_trained(path, seed, lora, accs, design):
+    """A tiny checkpoint recording `design`'s recipe, with a training history whose held-out
+    accuracies are `accs`."""
     tiny_checkpoint(path, lora=lora, seed=seed)
+    config = json.loads((path / "config.json").read_text())
+    train_config = dataclasses.asdict(design.train_config(lora, seed))
+    config.setdefault("metadata", {})["train_config"] = json.loads(json.dumps(train_config))
+    (path / "config.json").write_text(json.dumps(config))
     hist = [{"step": 10 * (i + 1), "heldout_acc": {"1": a, "2": a}} for i, a in enumerate(accs)]
     metrics = {"steps": 10 * len(accs), "history": hist,
                "heldout_accuracy": {"1": {"accuracy": accs[-1]}, "2": {"accuracy": accs[-1]}}}  # fmt: skip
@@ -71,14 +76,17 @@ def test_pairs_missing_the_criterion_are_replaced(tmp_path):
     d = tiny_design(threshold=0.9, consecutive=2, spare_seeds=(100, 101))
     good, bad = [0.5, 0.95, 0.97], [0.95, 0.5, 0.96]  # bad never passes twice in a row
     for seed, on, off in ((0, good, good), (1, good, bad), (100, good, good)):
-        _fake_trained(tmp_path / f"study-lora-on-s{seed}", seed, True, on)
-        _fake_trained(tmp_path / f"study-lora-off-s{seed}", seed, False, off)
+        _fake_trained(tmp_path / f"study-lora-on-s{seed}", seed, True, on, d)
+        _fake_trained(tmp_path / f"study-lora-off-s{seed}", seed, False, off, d)
     paths, pairs = study_models(d, tmp_path, train=False)
     assert sorted({s for _, s in paths}) == [0, 100]
     row = pairs.set_index(["seed", "arm"])
     assert row.loc[(1, "off"), "reached"] == False and row.loc[(1, "on"), "reached"] == True  # noqa: E712
     assert not row.loc[(1, "on"), "used"] and row.loc[(100, "on"), "role"] == "spare"
     assert row.loc[(0, "on"), "reached_step"] == 30
+    # a design with another recipe refuses these models instead of measuring them
+    with pytest.raises(MythosLensError, match="trained with steps=20"):
+        study_models(dataclasses.replace(d, step_cap=30), tmp_path, train=False)
     (tmp_path / "study-lora-on-s100" / "model.safetensors").unlink()
     with pytest.raises(MythosLensError, match="study-lora-on-s100"):
         study_models(d, tmp_path, train=False)
@@ -124,13 +132,13 @@ def test_planted_control_rows_and_size(tmp_path):
         assert off.recurrent.lora.scale.weight.abs().sum() == 0  # the original is untouched
 
 
-def _endpoints(primary_p, primary_diff, rows_p=0.5):
+def _endpoints(primary_p, primary_diff, rows_p=0.5, min_p=0.0078):
     rows = []
     for e, (meaning, sign) in ENDPOINTS.items():
         p, diff = (primary_p, primary_diff) if e == "cka_dh" else (rows_p, -0.1)
         rows.append({"endpoint": e, "role": "primary" if e == "cka_dh" else "secondary", "n": 8,
                      "mean_diff": diff, "ci_low": diff - 0.1, "ci_high": diff + 0.1,
-                     "p_value": p, "p_holm": p, "min_p": 0.0078, "hb_low": np.nan,
+                     "p_value": p, "p_holm": p, "min_p": min_p, "hb_low": np.nan,
                      "hb_high": np.nan, "meaning": meaning, "differentiation_sign": sign,
                      "decision": "detected" if p <= 0.05 else "not detected"})  # fmt: skip
     return pd.DataFrame(rows)
@@ -142,6 +150,7 @@ def _endpoints(primary_p, primary_diff, rows_p=0.5):
     (0.5, -0.01, [(1.0, True)], "Not detected, although the study could see it"),
     (0.5, -0.01, [(1.0, False), (4.0, True)], "only at 4×"),
     (0.5, -0.01, [(1.0, False), (4.0, False)], "Inconclusive"),
+    (1.0, -0.2, [(1.0, False)], "Not decidable with 8 seed pairs"),  # min_p 0.5 below
 ])  # fmt: skip
 def test_verdict_rules(p, diff, control, expected):
     ct = pd.DataFrame([{"size": s, "endpoint": "cka_dh", "mean_diff": -0.1, "p_value": 0.01,
@@ -149,7 +158,8 @@ def test_verdict_rules(p, diff, control, expected):
                       columns=["size", "endpoint", "mean_diff", "p_value", "detected"])  # fmt: skip
     pairs = pd.DataFrame({"seed": [0, 0, 9, 9], "used": [True, True, False, False]})
     desc = pd.DataFrame(columns=["measure", "arm", "mean", "ci_low", "ci_high", "n"])
-    v = lora_verdict(_endpoints(p, diff), ct, desc, pairs, get_design("full"))
+    min_p = 0.5 if "decidable" in expected else 0.0078
+    v = lora_verdict(_endpoints(p, diff, min_p=min_p), ct, desc, pairs, get_design("full"))
     assert expected in v["verdict"]
     assert v["replaced_seeds"] == [9] and "replaced" in v["statement"]
     json.dumps(v, allow_nan=False)  # strict JSON
