@@ -18,9 +18,11 @@ import pandas as pd
 from mythos_lens.atomic import atomic_path
 from mythos_lens.errors import MythosLensError
 
-LORA_FILES = ("endpoints.csv", "control_tests.csv", "pairs.csv", "descriptives.csv",
-              "loops.csv", "nulls.csv", "verdict.json", "design.json", "run.json")  # fmt: skip
-DEPTH_FILES = ("depth.csv", "depth_marks.csv", "hop_evidence.csv", "recipes.csv", "run.json")
+LORA_FILES = ("endpoints.csv", "control_tests.csv", "control.csv", "pairs.csv", "models.csv",
+              "descriptives.csv", "loops.csv", "nulls.csv", "verdict.json", "design.json",
+              "run.json", "report.html")  # fmt: skip
+DEPTH_FILES = ("depth.csv", "depth_marks.csv", "depth_seeds.csv", "hop_evidence.csv",
+               "recipes.csv", "run.json", "report.html")  # fmt: skip
 
 
 def export(lora_dir: str | Path | None, depth_dir: str | Path | None, results: str | Path) -> None:
@@ -139,7 +141,8 @@ def depth_table_block(r: Path) -> str:
         out.append(f"`{ck}` (readout `{rc.readout_rule}`, trained on depth ≤ "
                    f"{rc.trained_depth}, evaluated at {rc.trained_loops} loops; there, loops that "
                    f"matter at the answer: {rc.loops_that_matter or 'none'}, Σ ACT weight "
-                   f"{rc.act_weight_sum:.3f}):\n")  # fmt: skip
+                   f"{rc.act_weight_sum:.3f}"
+                   f"{'' if rc.readout_rule == 'act' else ', not read by this readout'}):\n")  # fmt: skip
         out.append("| depth \\ loops | " + " | ".join(str(n) for n in loops) + " |")
         out.append("|---" * (len(loops) + 1) + "|")
         for hop, gh in g.groupby("hops", sort=True):
@@ -179,6 +182,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "lora-models": lora_models_block,
     "depth-table": depth_table_block,
     "hop-evidence": hop_evidence_block,
+    # upstream's ACT readout beside it: what its loops compute and how much of it reaches the coda
+    "hop-evidence-act": lambda r: hop_evidence_block(r, "pointer-lora-off"),
 }
 _BLOCK = re.compile(r"<!-- results:([\w-]+) -->\n(.*?)\n<!-- /results:\1 -->", re.S)
 
