@@ -93,6 +93,7 @@ class Collector:
     ) -> None:
         """Add one batch ``ids [B, T]`` (with its labels ``batch`` when known)."""
         sites = [self.roles[r] for r in CAPTURE_ROLES if r in self.roles]
+        sites += [s for s in self.adapter.exit_sites if s not in sites]  # the exit lens's inputs
         if hasattr(task, "pair_truth") and "attention" in self.roles:
             sites.append(self.roles["attention"])
         tr = capture(self.model, ids, n_loops=self.n_loops, sites=sites, run_all_loops=True)

@@ -175,3 +175,23 @@ def test_depth_marks_help_and_overthinking():
     assert m["mark"].tolist() == ["", "helps", "flat", "hurts"]
     assert m["overthinking"].tolist() == [False, False, False, True]
     assert "overthinking" in depth_statements(d)[0]
+
+
+def test_analyze_a_checkpoint_whose_coda_reads_the_last_state(tiny_ckpts, tmp_path):
+    from mythos_lens.capture import run
+    from mythos_lens.checkpoint import read_config, save_checkpoint
+    from mythos_lens.readout_rule import set_readout_rule
+
+    model = set_readout_rule(load_checkpoint(tiny_ckpts[0]), "last")
+    save_checkpoint(model, tmp_path / "last", metadata=read_config(tiny_ckpts[0])["metadata"])
+    code = main(["analyze", str(tmp_path / "last"), "--out", str(tmp_path / "o"), "-n", "24",
+                 "--probe-examples", "24", "--no-progress", "--plotlyjs", "cdn"])  # fmt: skip
+    assert code == 0  # the exit lens of this readout needs halt_prob: captured
+    eff = pd.read_parquet(tmp_path / "o" / "effective_depth.parquet").sort_values("loop")
+    last = eff.iloc[-1]
+    assert last.kl_full_exit == pytest.approx(0.0, abs=1e-6) and last.same_top1 == 1.0
+    # stopping after loop t is a real (t+1)-loop run of this readout, on the same 24 inputs
+    batch = task_inputs(load_task(tmp_path / "last"), 24, 0, None).batch
+    for t, row in enumerate(eff.itertuples()):
+        out = run(load_checkpoint(tmp_path / "last"), batch.input_ids, n_loops=t + 1)[0][:, -1]
+        assert row.exit_accuracy == float((out.argmax(-1) == batch.answer).double().mean())
