@@ -55,9 +55,9 @@ def hop_evidence(
     rows = []
     for d in range(1, task.max_hops + 1):
         b = task.generate(per_depth, "heldout", seed=seed * 1000 + d, hops=[d])
-        sites = [state, "attn_pattern", "act_weight", "halt_prob"]
-        tr = capture(model, b.input_ids, n_loops=n_loops, run_all_loops=True,
-                     sites=[s for s in sites if s in adapter.sites])  # fmt: skip
+        sites = {state, *adapter.exit_sites, *(s for s in ("attn_pattern", "act_weight")
+                                               if s in adapter.sites)}  # fmt: skip
+        tr = capture(model, b.input_ids, n_loops=n_loops, run_all_loops=True, sites=sorted(sites))
         ex = adapter.exit_logits(model, tr)[:, :, -1].argmax(-1)  # [loop, B]
         act = tr["act_weight"][:, :, -1].double().mean(1) if "act_weight" in tr else None
         truth = task.pair_truth(b, n_loops) if hasattr(task, "pair_truth") else None

@@ -147,9 +147,9 @@ def measure_model(
     """Every per-model measure of the study on held-out ``batch`` (answer at the last
     position); see the module docstring."""
     ids = batch.input_ids
-    tr = capture(model, ids, n_loops=n_loops, run_all_loops=True,
-                 sites=["resid_post", "e", "block_out", "block_in", "expert_ids", "act_weight",
-                        "halt_prob", "lora_delta"])  # fmt: skip
+    sites = ["resid_post", "e", "block_out", "block_in", "expert_ids", "act_weight", "lora_delta"]
+    sites += [s for s in adapter_for(model).exit_sites if s not in sites]  # answer_loops reads them
+    tr = capture(model, ids, n_loops=n_loops, run_all_loops=True, sites=sites)
     m, exit_lg = answer_loops(model, tr)
     matters = m[m["matters"]]["loop"].tolist()
     h = tr["resid_post"][:, :, -1].double().numpy()

@@ -46,6 +46,11 @@ def _n(x: float, nd: int = 3, sign: bool = False) -> str:
     return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
 
 
+def _ci(x: float, low: float, high: float) -> str:
+    """A signed difference with its interval: ``+0.123 [+0.010, +0.230]``."""
+    return f"{_n(x, sign=True)} [{_n(low, sign=True)}, {_n(high, sign=True)}]"
+
+
 def _p(p: float) -> str:
     return "–" if p is None or not np.isfinite(p) else f"{p:.3g}"
 
@@ -75,8 +80,7 @@ def lora_endpoints_block(r: Path) -> str:
         on = desc["mean"].get((e.endpoint, "on"), np.nan)
         off = desc["mean"].get((e.endpoint, "off"), np.nan)
         lines.append(f"| `{e.endpoint}` | {e.role} | {_n(on)} | {_n(off)} | "
-                     f"{_n(e.mean_diff, sign=True)} [{_n(e.ci_low, sign=True)}, "
-                     f"{_n(e.ci_high, sign=True)}] | {_p(e.p_value)} | "
+                     f"{_ci(e.mean_diff, e.ci_low, e.ci_high)} | {_p(e.p_value)} | "
                      f"{_p(e.p_holm) if e.role == 'secondary' else '(primary)'} | "
                      f"{e.differentiation_sign} | {e.decision} |")  # fmt: skip
     return "\n".join(lines)
@@ -88,8 +92,7 @@ def lora_control_block(r: Path) -> str:
              "[95 % CI] | p | detected |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for _, c in ct.iterrows():
         lines.append(f"| {c['size']:g} | `{c.endpoint}` | {_n(c.mean_distinct)} | "
-                     f"{_n(c.mean_same)} | {_n(c.mean_diff, sign=True)} "
-                     f"[{_n(c.get('ci_low'), sign=True)}, {_n(c.get('ci_high'), sign=True)}] | "
+                     f"{_n(c.mean_same)} | {_ci(c.mean_diff, c.get('ci_low'), c.get('ci_high'))} | "
                      f"{_p(c.get('p_value'))} | {'yes' if c.get('detected') is True else 'no'} |")  # fmt: skip
     return "\n".join(lines)
 
