@@ -337,7 +337,7 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
                         "mythos_lens/studies/design.py")  # fmt: skip
     q.add_argument("--out", required=True, help="output directory (written atomically)")
     q.add_argument(
-        "--design", default="full", help="full (8 seed pairs) or quick (2 pairs: about 25 min)"
+        "--design", default="full", help="full (8 seed pairs) or quick (2 pairs: about 25-30 min)"
     )
     q.add_argument("--reuse", action="store_true",
                    help="analyse the shipped study checkpoints (no training)")  # fmt: skip

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from mythos_lens.analysis.run import peak_rss_mb
 from mythos_lens.analysis.summary import depth_marks, depth_statements
 from mythos_lens.atomic import AtomicDir
 from mythos_lens.errors import MythosLensError
+from mythos_lens.studies.parallel import pool_map
 from probes.plots import share_heatmap
 from probes.stats import bootstrap_ci
 
@@ -137,11 +137,7 @@ def run_depth_study(
     atomic = AtomicDir(out, overwrite)
     with atomic as tmp:
         job_list = [(str(c), cfg) for c in checkpoints]
-        if jobs > 1 and len(job_list) > 1:
-            with mp.get_context("spawn").Pool(processes=min(jobs, len(job_list))) as pool:
-                res = pool.map(_one_checkpoint, job_list)
-        else:
-            res = [_one_checkpoint(j) for j in job_list]
+        res = pool_map(_one_checkpoint, job_list, jobs)
         depth = pd.concat([r["depth"] for r in res], ignore_index=True)
         hops = pd.concat([r["hops"] for r in res], ignore_index=True)
         recipes = pd.DataFrame([r["recipe"] for r in res])

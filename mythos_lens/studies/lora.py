@@ -12,7 +12,6 @@ descriptives.csv, control.csv, control_tests.csv, verdict.json, design.json, rep
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from mythos_lens.analysis.run import peak_rss_mb
 from mythos_lens.atomic import AtomicDir
 from mythos_lens.studies.design import ENDPOINTS, REPRESENTATIONAL, LoraStudyDesign
 from mythos_lens.studies.models import ARMS
+from mythos_lens.studies.parallel import pool_map
 from probes.stats import (
     bootstrap_ci,
     endpoint_table,
@@ -66,16 +66,6 @@ def _measure_job(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, 
                       "value": v[e], "delta_norm": achieved, "target_norm": size * target}
                      for e in REPRESENTATIONAL]  # fmt: skip
     return {"path": path, "control": rows}
-
-
-def _pool_map(jobs: list[Any], n: int) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    if n <= 1:
-        return [_measure_job(j) for j in tqdm(jobs, desc="measuring", unit="model")]
-    with mp.get_context("spawn").Pool(processes=min(n, len(jobs))) as pool:
-        return list(tqdm(pool.imap(_measure_job, jobs), total=len(jobs), desc="measuring",
-                         unit="model"))  # fmt: skip
 
 
 def primary_bootstrap(
@@ -161,10 +151,16 @@ def run_lora_study(
     with atomic as tmp:
         dd = design.to_dict()
         keys = [(a, s) for s in seeds for a in ARMS]
-        res = _pool_map([(str(paths[k]), dd, "model", k[1], 0.0) for k in keys], jobs)
+        res = pool_map(
+            _measure_job,
+            [(str(paths[k]), dd, "model", k[1], 0.0) for k in keys],
+            jobs,
+            desc="measuring",
+        )
         data = {k: r["data"] for k, r in zip(keys, res, strict=True)}
-        ctrl = _pool_map([(str(paths[("off", s)]), dd, "control", s,
-                           data[("on", s)].values["lora_delta_norm"]) for s in seeds], jobs)  # fmt: skip
+        control_jobs = [(str(paths[("off", s)]), dd, "control", s,
+                         data[("on", s)].values["lora_delta_norm"]) for s in seeds]  # fmt: skip
+        ctrl = pool_map(_measure_job, control_jobs, jobs, desc="measuring")
         control = pd.DataFrame([r for c in ctrl for r in c["control"]])
         models = pd.DataFrame([{"checkpoint": paths[k].name, "arm": k[0], "seed": k[1],
                                 "measure": m, "value": v}
