@@ -289,7 +289,10 @@ def add_analyze_command(sub: argparse._SubParsersAction) -> None:
 def _study(args: argparse.Namespace) -> int:
     from mythos_lens.atomic import check_output_dir
 
-    check_output_dir(args.out, args.overwrite)  # before hours of training, not after
+    if args.out is None and not getattr(args, "train_only", False):
+        raise MythosLensError("no --out given", "--out DIR (or --train-only, which writes none)")
+    if args.out is not None:
+        check_output_dir(args.out, args.overwrite)  # before hours of training, not after
     from mythos_lens.analysis.run import peak_rss_mb
 
     _use_threads(args.threads)
@@ -314,6 +317,17 @@ def _study(args: argparse.Namespace) -> int:
     design = get_design(args.design)
     if args.dir is None:  # designs share models (same recipe per seed: studies.models)
         args.dir = "data/checkpoints/lora-study" if args.reuse else "runs/lora-study/checkpoints"
+    if args.train_only:
+        if args.reuse:
+            raise MythosLensError("--train-only with --reuse", "one of them")
+        from mythos_lens.studies.models import train_in_order
+
+        met = train_in_order(design, args.dir, jobs=jobs)
+        print(f"{len(met)} of {len(design.seeds)} seed pairs met the stopping criterion "
+              f"({', '.join(map(str, met)) or 'none'}); models in {args.dir}, "
+              f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+        return 0
+    design.require_endpoints()  # before hours of training, not after
     paths, pairs = study_models(design, args.dir, train=not args.reuse, jobs=jobs)
     train_s = time.perf_counter() - t0
     out = run_lora_study(design, paths, pairs, args.out, jobs=jobs, overwrite=args.overwrite,
@@ -335,9 +349,12 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
     ssub = p.add_subparsers(dest="study", required=True)
     q = ssub.add_parser("lora", help="LoRA-on vs LoRA-off: the pre-registered design of "
                         "mythos_lens/studies/design.py")  # fmt: skip
-    q.add_argument("--out", required=True, help="output directory (written atomically)")
+    q.add_argument("--out", default=None,
+                   help="output directory (written atomically; required unless --train-only)")  # fmt: skip
     q.add_argument(
-        "--design", default="full", help="full (8 seed pairs) or quick (2 pairs: about 25-30 min)"
+        "--design",
+        default="full",
+        help="full (v1: 8 seed pairs), v2 (the amendment: fresh seeds 200+) or quick (2 pairs)",
     )
     q.add_argument("--reuse", action="store_true",
                    help="analyse the shipped study checkpoints (no training)")  # fmt: skip
@@ -345,6 +362,9 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
                    help="checkpoints: trained into / read from here (default runs/lora-study/"
                    "checkpoints; with --reuse data/checkpoints/lora-study)")  # fmt: skip
     q.add_argument("--jobs", type=int, default=2, help="processes at a time (training, measures)")
+    q.add_argument("--train-only", action="store_true",
+                   help="train the design's seed pairs in order until enough meet the stopping "
+                   "criterion (models already there are kept); measure nothing")  # fmt: skip
     add_output_options(q)
     q.set_defaults(handler=_study)
     d = ssub.add_parser("depth", help="accuracy over depth × loops (helps / flat / "

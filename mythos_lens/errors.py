@@ -17,6 +17,10 @@ class MythosLensError(ValueError):
         self.expected = expected
         super().__init__(f"{what}; expected {expected}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # rebuilt from both parts: a worker process's error must reach its parent intact
+        return (type(self), (self.what, self.expected))
+
 
 def _bounds(lo: float | None, hi: float | None, kind: str) -> str:
     if lo is not None and hi is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,6 +383,8 @@ def _train(cfg: TrainConfig, task: PointerTask) -> TrainResult:
         "train_seconds": round(train_seconds, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 5),
         "torch_threads": torch.get_num_threads(),
+        # of the whole process so far: one model per process gives that model's peak
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": str(device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "extrapolation": table,

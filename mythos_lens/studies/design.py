@@ -79,7 +79,9 @@ class LoraStudyDesign:
     consecutive: int = 2
     step_cap: int = 10000
     recipe: dict[str, Any] = field(default_factory=lambda: dict(STUDY_RECIPE))
-    primary: str = PRIMARY
+    # None: the endpoints are not fixed yet (design v2 before its sensitivity curves); such a
+    # design may train its models but refuses to measure them
+    primary: str | None = PRIMARY
     alpha: float = 0.05
     n_examples: int = 512  # held-out answers per model (measures)
     null_examples: int = 256  # of them, for the within-model nulls
@@ -91,7 +93,22 @@ class LoraStudyDesign:
 
     @property
     def secondary(self) -> tuple[str, ...]:
-        return tuple(e for e in ENDPOINTS if e != self.primary)
+        return tuple(e for e in ENDPOINTS if e != self.primary) if self.primary else ()
+
+    @property
+    def seed_order(self) -> tuple[int, ...]:
+        """Seeds in the order the stopping rule consumes them (design seeds, then spares): the
+        pairs used are the first ``len(seeds)`` of this order whose both arms met the criterion."""
+        return (*self.seeds, *self.spare_seeds)
+
+    def require_endpoints(self) -> None:
+        """Raise unless the design's endpoints are fixed (no model may be measured before)."""
+        if self.primary is None:
+            raise MythosLensError(
+                f"design {self.name!r} has no endpoints fixed yet",
+                "a design whose primary endpoint is set in studies/design.py before any of its "
+                "models is measured",
+            )
 
     def train_config(self, lora: bool, seed: int, out_dir: str | None = None) -> Any:
         """The :class:`~mythos_lens.train.TrainConfig` of one study model."""
@@ -115,8 +132,23 @@ class LoraStudyDesign:
                               for k, v in ENDPOINTS.items()}}  # fmt: skip
 
 
+# Design v2 — a declared amendment (2026-12-02), fixed before any of its models was trained.
+# Why: v1's primary (CKA(Δh_t, Δh_t+1)) failed its own positive control when re-examined on the
+# seven complete v1 pairs — planted per-loop rows moved it by less than its seed-to-seed spread
+# at every dose, and scaling the on models' learned row differences moved it *against* its
+# pre-registered sign — while its control planted rows through the off models' untrained
+# down/B, ~1000× weaker in effect on the output than the learned LoRA. Those seven pairs are now
+# looked at, so they are exploratory. v2 keeps v1's recipe and stopping rule unchanged and is
+# decided on fresh seeds (200 onward; spares from 208). Its endpoints are chosen from sensitivity
+# curves (dose in effect on the output, against seed-to-seed spread) measured on the exploratory
+# pairs only, and fixed here before any v2 model is measured; until then `primary` is None.
+DESIGN_V2 = LoraStudyDesign(
+    name="v2", seeds=tuple(range(200, 208)), spare_seeds=tuple(range(208, 240)), primary=None
+)
+
 DESIGNS: dict[str, LoraStudyDesign] = {
     "full": LoraStudyDesign(),
+    "v2": DESIGN_V2,
     # under 30 min on 2 cores with training: 2 seed pairs (one round of two processes per arm;
     # a sign-flip test over 2 pairs cannot reach p < 0.5, so it detects nothing: it runs the
     # whole pipeline and shows effect sizes)

@@ -145,6 +145,7 @@ def run_lora_study(
     from mythos_lens.studies.report import lora_report
     from mythos_lens.studies.verdict import lora_verdict
 
+    design.require_endpoints()
     t0 = time.perf_counter()
     atomic = AtomicDir(out, overwrite)
     seeds = sorted({s for _, s in paths})

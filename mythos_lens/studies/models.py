@@ -44,6 +44,60 @@ def _train_one(job: tuple[dict[str, Any], bool, int, str]) -> str:
     return Path(out).name
 
 
+def is_trained(path: Path) -> bool:
+    """A study model is complete once its metrics are written (they are written last)."""
+    return (path / "model.safetensors").is_file() and (path / "metrics.json").is_file()
+
+
+def train_in_order(design: LoraStudyDesign, directory: str | Path, *, jobs: int = 2) -> list[int]:
+    """Train the design's pairs in :attr:`LoraStudyDesign.seed_order`, ``jobs`` models at a time
+    (one fresh process each, one torch thread), until ``len(design.seeds)`` pairs met the
+    stopping criterion or the seeds run out; models already trained are kept. A pair is only
+    started while the pairs met plus the pairs still running fall short of the target, so no
+    model is trained that the stopping rule could not use. Returns the seeds of the pairs met."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    need, dd = len(design.seeds), design.to_dict()
+    order = list(design.seed_order)
+    met: list[int] = []
+    running: dict[Any, tuple[str, int]] = {}
+    pending_pairs: dict[int, set[str]] = {}
+
+    def settle(seed: int) -> None:
+        if seed in pending_pairs and not pending_pairs[seed]:
+            del pending_pairs[seed]
+            st = [pair_status(model_dir(directory, a, seed), design)["reached"] for a in ARMS]
+            if all(st):
+                met.append(seed)
+            print(f"  pair s{seed}: {'met' if all(st) else 'missed'} the stopping criterion "
+                  f"({len(met)} of {need} met)", flush=True)  # fmt: skip
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx,
+                             max_tasks_per_child=1) as pool:  # fmt: skip
+        while True:
+            while order and len(running) < jobs and len(met) + len(pending_pairs) < need:
+                seed = order.pop(0)
+                todo = [a for a in ARMS if not is_trained(model_dir(directory, a, seed))]
+                pending_pairs[seed] = set(todo)
+                for arm in todo:
+                    job = (dd, arm == "on", seed, str(model_dir(directory, arm, seed)))
+                    running[pool.submit(_train_one, job)] = (arm, seed)
+                    print(f"  training {model_dir(directory, arm, seed).name}", flush=True)
+                settle(seed)
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                arm, seed = running.pop(fut)
+                fut.result()  # a failed training run stops the study here, loudly
+                pending_pairs[seed].discard(arm)
+                settle(seed)
+    return met
+
+
 # What decides a study model: designs that agree on these share their models (full and quick do).
 _RECIPE_FIELDS = ("lora", "seed", "steps", "early_stop_acc", "early_stop_patience")
 _RUNTIME_FIELDS = ("threads", "progress")
@@ -87,22 +141,23 @@ def study_models(
     (:data:`PAIR_COLUMNS`) lists every model looked at, used or not."""
     directory = Path(directory)
     queue, spares, used, rows = list(design.seeds), list(design.spare_seeds), [], []
+    trained = False
     while queue:
         todo = [(arm, s) for s in queue for arm in ARMS
-                if not (model_dir(directory, arm, s) / "model.safetensors").is_file()]  # fmt: skip
+                if not is_trained(model_dir(directory, arm, s))]  # fmt: skip
         if todo and not train:
             names = ", ".join(model_dir(directory, a, s).name for a, s in todo)
             raise MythosLensError(f"study checkpoints missing under {directory}: {names}",
                                   "the shipped study checkpoints, or run without --reuse to "
                                   "train them")  # fmt: skip
+        if todo and trained:
+            raise MythosLensError(f"training left study models incomplete under {directory}",
+                                  "model.safetensors and metrics.json for every model")  # fmt: skip
         if todo:
-            directory.mkdir(parents=True, exist_ok=True)
-            print(f"training {len(todo)} study model(s), {jobs} at a time ...", flush=True)
-            args = [(design.to_dict(), arm == "on", s, str(model_dir(directory, arm, s)))
-                    for arm, s in todo]  # fmt: skip
-            with mp.get_context("spawn").Pool(processes=max(1, min(jobs, len(todo)))) as pool:
-                for name in pool.imap_unordered(_train_one, args):
-                    print(f"  trained {name}", flush=True)
+            trained = True
+            print(f"training study models in seed order, {jobs} at a time ...", flush=True)
+            train_in_order(design, directory, jobs=jobs)
+            continue  # every pair the rule can use is trained now; re-read them
         failed = 0
         for s in queue:
             for arm in ARMS:

@@ -28,7 +28,7 @@ from mythos_lens.studies.measures import (
     lora_nulls,
     mean_adjacent_cka,
 )
-from mythos_lens.studies.models import study_models
+from mythos_lens.studies.models import study_models, train_in_order
 from mythos_lens.studies.verdict import lora_verdict
 
 TINY_RECIPE = dict(STUDY_RECIPE, task_params={"n_entities": 4, "train_hops": 2, "max_hops": 3},
@@ -53,9 +53,21 @@ def test_design_is_fixed_and_round_trips():
     assert (cfg.lora, cfg.seed, cfg.steps, cfg.early_stop_acc, cfg.early_stop_patience) == (
         False, 3, full.step_cap, full.threshold, full.consecutive)  # fmt: skip
     assert cfg.name == "study-lora-off-s3" and cfg.readout_rule == STUDY_RECIPE["readout_rule"]
-    assert set(DESIGNS) == {"full", "quick"}
+    assert {"full", "quick", "v2"} <= set(DESIGNS)
     with pytest.raises(MythosLensError, match="unknown study design"):
         get_design("huge")
+
+
+def test_design_v2_is_v1s_recipe_on_fresh_seeds():
+    v1, v2 = get_design("full"), get_design("v2")
+    assert v2.recipe == v1.recipe and (v2.threshold, v2.consecutive, v2.step_cap) == (
+        v1.threshold, v1.consecutive, v1.step_cap)  # fmt: skip
+    examined = {*v1.seed_order, *get_design("quick").seed_order}
+    assert not examined & set(v2.seed_order) and len(v2.seeds) >= 8
+    assert v2.seed_order[:8] == tuple(range(200, 208))
+    # the same (arm, seed) trains the same model under either design: v2 may reuse nothing of
+    # v1's only because its seeds differ
+    assert v2.train_config(True, 200) == v1.train_config(True, 200)
 
 
 def _fake_trained(path, seed, lora, accs, design):
@@ -70,6 +82,34 @@ def _fake_trained(path, seed, lora, accs, design):
     metrics = {"steps": 10 * len(accs), "history": hist,
                "heldout_accuracy": {"1": {"accuracy": accs[-1]}, "2": {"accuracy": accs[-1]}}}  # fmt: skip
     (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_train_in_order_stops_once_enough_pairs_meet_the_criterion(tmp_path):
+    # threshold 1.0 in 8 steps: no pair meets it, so every seed in order is trained
+    d = tiny_design(threshold=1.0, step_cap=8, seeds=(0,), spare_seeds=(100,))
+    assert train_in_order(d, tmp_path / "a", jobs=2) == []
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {
+        f"study-lora-{a}-s{s}" for a in ("on", "off") for s in (0, 100)}  # fmt: skip
+    # threshold 0: the first pair meets it and the spare is never trained
+    assert train_in_order(tiny_design(seeds=(0,)), tmp_path / "b", jobs=2) == [0]
+    assert not (tmp_path / "b" / "study-lora-on-s100").exists()
+    m = json.loads((tmp_path / "b" / "study-lora-on-s0" / "metrics.json").read_text())
+    assert m["peak_rss_mb"] > 50
+
+
+def test_a_design_without_endpoints_trains_but_refuses_to_measure(tmp_path):
+    d = tiny_design(primary=None)
+    with pytest.raises(MythosLensError, match="no endpoints fixed"):
+        run_lora_study(d, {}, pd.DataFrame(), tmp_path / "out", jobs=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_worker_errors_reach_the_parent_whole():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(MythosLensError("bad thing", "a good one")))
+    assert (type(e), str(e), e.what, e.expected) == (
+        MythosLensError, "bad thing; expected a good one", "bad thing", "a good one")  # fmt: skip
 
 
 def test_pairs_missing_the_criterion_are_replaced(tmp_path):
