@@ -185,6 +185,16 @@ def tiny_config(**overrides: Any) -> MythosConfig:
     return MythosConfig(**base)
 
 
+def loop_embedding(d: int, n_loops: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Upstream's loop-index embedding vectors ``[n_loops, d]``: what ``open_mythos.main.
+    loop_index_embedding`` adds to a zero state at loops ``0 … n_loops−1`` (a sinusoid on the
+    first ``d // 8`` channels), in `like`'s dtype and device."""
+    from open_mythos.main import loop_index_embedding
+
+    z = torch.zeros(1, 1, d) if like is None else torch.zeros_like(like.reshape(-1, d)[:1, None])
+    return torch.cat([loop_index_embedding(z, t, d // 8)[0] for t in range(n_loops)])
+
+
 def require_openmythos(model: object) -> OpenMythos:
     """Return `model` if it is an upstream OpenMythos, else raise MythosLensError."""
     if not isinstance(model, OpenMythos):

@@ -29,7 +29,7 @@ from mythos_lens.capture import capture, run
 from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.events import SiteEvent
 from mythos_lens.inputs import as_input_ids
-from mythos_lens.model import check_n_loops, require_openmythos
+from mythos_lens.model import check_n_loops, loop_embedding, require_openmythos
 
 SWEEP_SITES = ("resid_post", "block_out", "lora_delta")
 
@@ -160,6 +160,29 @@ class _CopyScales:
         return (lora.down(event.inputs[0]) * s.unsqueeze(1)) @ lora.B
 
 
+class _CopyEmbeddings:
+    """At every loop, the shared block reads a per-copy loop-index embedding (``embeddings``
+    ``[loop, copies, d]``) instead of upstream's: ``block_in`` = norm(x − emb(t) + new), with x
+    the norm's own input (h + emb(t) + e)."""
+
+    def __init__(self, embeddings: torch.Tensor, B: int) -> None:
+        self.embeddings, self.B = embeddings, B
+        self.requires = ("block_in",)
+        self.site = "block_in"
+
+    def __repr__(self) -> str:
+        return "per-copy loop embeddings"
+
+    def __call__(self, event: SiteEvent, value: torch.Tensor) -> torch.Tensor | None:
+        if event.site != "block_in" or event.loop >= self.embeddings.shape[0]:
+            return None
+        x = event.inputs[0]
+        own = loop_embedding(x.shape[-1], event.loop + 1, like=x)[event.loop]
+        new = self.embeddings[event.loop].to(x).repeat_interleave(self.B, 0).unsqueeze(1)
+        # .forward: the norm's own hook (this one) must not run again on the edited input
+        return event.model.recurrent.norm.forward(x - own + new)
+
+
 def lora_scale_sweep(
     model: Any,
     input_ids: Any,
@@ -169,10 +192,13 @@ def lora_scale_sweep(
     query: int = -1,
     chunk: int = 16,
     baseline: bool = True,
+    embeddings: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run `input_ids` ``[batch, seq]`` once per scale assignment: ``scales`` ``[copies, loop,
     rank]`` gives every loop's LoRA scale vector in each copy (e.g. a permutation of the learned
-    rows, or random rows of equal norm). Batched, `chunk` copies per forward.
+    rows, or random rows of equal norm). Batched, `chunk` copies per forward. With
+    ``embeddings`` ``[copies, loop, d]`` each copy also reads that loop-index embedding at each
+    loop (e.g. ``model.loop_embedding`` rows permuted like the scale rows: loop identity swapped).
 
     Returns ``(patched, baseline)`` ``[copies, batch, vocab]`` at the query position; the
     baseline is the unpatched model in same-shaped forwards (so a copy holding the learned rows
@@ -187,12 +213,19 @@ def lora_scale_sweep(
     rank = model.recurrent.lora.scale.embedding_dim
     if sc.dim() != 3 or sc.shape[1] != n or sc.shape[2] != rank:
         raise MythosLensError(f"scales of shape {tuple(sc.shape)}", f"[copies, {n}, {rank}]")
+    if embeddings is not None:
+        em = torch.as_tensor(embeddings, dtype=torch.float32)
+        if em.shape != (sc.shape[0], n, model.cfg.dim):
+            raise MythosLensError(f"embeddings of shape {tuple(em.shape)}",
+                                  f"[{sc.shape[0]}, {n}, {model.cfg.dim}] (copies, loop, d)")  # fmt: skip
     patched, plain = [], []
     for start in range(0, sc.shape[0], check_int("chunk", chunk, 1)):
         part = sc[start : start + chunk]
         repeated = ids.repeat(part.shape[0], 1)
-        lg, _ = run(model, repeated, n_loops=n, visitors=[_CopyScales(part.transpose(0, 1), B)],
-                    run_all_loops=True)  # fmt: skip
+        visitors: list[Any] = [_CopyScales(part.transpose(0, 1), B)]
+        if embeddings is not None:
+            visitors.append(_CopyEmbeddings(em[start : start + chunk].transpose(0, 1), B))
+        lg, _ = run(model, repeated, n_loops=n, visitors=visitors, run_all_loops=True)
         patched.append(lg[:, q].reshape(part.shape[0], B, -1).cpu())
         if baseline:
             base, _ = run(model, repeated, n_loops=n, run_all_loops=True)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from mythos_lens.adapters import adapter_for
 from mythos_lens.capture import capture, run
 from mythos_lens.interventions import AblateLora
+from mythos_lens.model import loop_embedding
 from mythos_lens.patching import lora_scale_sweep
 from probes.effective_depth import effective_depth, loops_that_matter
 from probes.linear import loop_channels, probe_loop_index, summarize
@@ -201,6 +202,70 @@ def measure_model(
     for name, res in data.nulls.items():
         v[name] = res["effect"]
     return data
+
+
+# The functional loop-identity endpoints (design v2): what the answer loses when a loop's
+# identity — its LoRA row, or its LoRA row and loop-index embedding together — is collapsed to
+# the mean over the loops run, or permuted among them (mean over every non-identity permutation).
+FUNCTIONAL = ("kl_collapse_lora", "dacc_collapse_lora", "kl_collapse_identity",
+              "dacc_collapse_identity", "kl_permute_lora", "dacc_permute_lora",
+              "kl_permute_identity", "dacc_permute_identity")  # fmt: skip
+
+
+def _mixings(n: int, n_permutations: int, seed: int) -> dict[str, torch.Tensor]:
+    """Loop-identity rearrangements as mixing matrices ``[copies, loop, source loop]``: the new
+    identity of loop t is ``Σ_s M[t, s] · identity_s``; `n_permutations` distinct non-identity
+    permutations drawn with `seed` (all of them when there are fewer)."""
+    import itertools
+
+    perms = [p for p in itertools.permutations(range(n)) if list(p) != list(range(n))]
+    if len(perms) > n_permutations:
+        pick = np.random.default_rng([seed, 31]).choice(len(perms), n_permutations, replace=False)
+        perms = [perms[i] for i in sorted(pick)]
+    eye = torch.eye(n, dtype=torch.float64)
+    return {"collapse": torch.full((1, n, n), 1.0 / n, dtype=torch.float64),
+            "permute": torch.stack([eye[list(p)] for p in perms]) if perms
+            else torch.empty(0, n, n, dtype=torch.float64)}  # fmt: skip
+
+
+def loop_identity_effects(
+    model: Any,
+    ids: torch.Tensor,
+    answer: torch.Tensor,
+    n_loops: int,
+    *,
+    n_permutations: int = 8,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The :data:`FUNCTIONAL` endpoints at the last position of ``ids`` ``[batch, seq]``
+    (answers ``[batch]``), each against the unmodified model in same-shaped forwards: mean KL
+    (model ‖ rearranged) and Δ accuracy; for the collapses also ``p_collapse_*``, the example-level
+    null p (:func:`probes.sensitivity.example_null_p`); the permutations are `n_permutations`
+    random non-identity ones (seeded). Without LoRA the ``*_lora`` effects are
+    exactly 0; a model whose loops share one identity gives exactly 0 for the collapses."""
+    from probes.sensitivity import example_null_p
+
+    table = model.recurrent.lora.scale.weight.detach().double()
+    rows = table[[min(t, table.shape[0] - 1) for t in range(n_loops)]]  # [loop, rank]
+    emb = loop_embedding(model.cfg.dim, n_loops).double()  # [loop, d]
+    out: dict[str, float] = {}
+    for kind, mix in _mixings(n_loops, n_permutations, seed).items():
+        if not len(mix):
+            continue
+        for what in ("lora", "identity"):
+            e = (mix @ emb).float() if what == "identity" else None
+            patched, base = lora_scale_sweep(model, ids, (mix @ rows).float(), n_loops=n_loops,
+                                             embeddings=e, chunk=8)  # fmt: skip
+            lp, lb = F.log_softmax(patched.double(), -1), F.log_softmax(base.double(), -1)
+            kl = (lb.exp() * (lb - lp)).sum(-1).clamp_min(0)  # [copies, batch]
+            hit = lambda lg: (lg.argmax(-1) == answer).double().mean(-1)  # noqa: E731
+            out[f"kl_{kind}_{what}"] = float(kl.mean())
+            out[f"dacc_{kind}_{what}"] = float((hit(patched) - hit(base)).mean())
+            if kind == "collapse":
+                per_example = (-lp[0].gather(-1, answer.view(-1, 1)) +
+                               lb[0].gather(-1, answer.view(-1, 1))).squeeze(-1)  # fmt: skip
+                out[f"p_collapse_{what}"] = example_null_p(per_example.numpy(), seed=seed)
+    return out
 
 
 def _acc(folds: Any) -> float:

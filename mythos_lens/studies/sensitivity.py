@@ -1,0 +1,150 @@
+"""Sensitivity curves of the LoRA study's candidate endpoints (design v2's amendment).
+
+Which endpoint can see depth-wise LoRA differentiating loops? Plant it at known doses and see:
+
+- ``lora_rows`` — in each LoRA-on model, rows = mean + k·(learned − mean): k = 0 removes the
+  per-loop differences, k = 1 is the model as trained (the dose training produced), k = 2 doubles
+  them;
+- ``transplant`` — in each LoRA-off model, the paired on model's *trained* LoRA (``down``, ``B``,
+  rows) planted with the same k: differentiation with a trained LoRA's potency in a model that
+  never learned to use it.
+
+Every candidate (the v1 representational endpoints and the functional loop-identity endpoints of
+:data:`mythos_lens.studies.measures.FUNCTIONAL`) is measured at every dose beside the dose's effect
+on the output; its spread is the seed-to-seed SD of on − off with nothing planted (the on model
+at k = 0 against its off partner) — what the study's paired test has to beat.
+:func:`probes.sensitivity.sensitivity_curve` then says where each separates, and which are blind.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mythos_lens.atomic import AtomicDir
+from mythos_lens.studies.design import ENDPOINTS, REPRESENTATIONAL
+from mythos_lens.studies.parallel import pool_map
+
+FAMILIES = ("lora_rows", "transplant")
+# transplanted rows reach the output weakly (the off model never learned to read them): its doses
+# go further, to where the output effect matches what training produced in the on models
+DOSES = {"lora_rows": (0.0, 0.25, 0.5, 1.0, 2.0),
+         "transplant": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}  # fmt: skip
+
+
+def _direction() -> dict[str, int]:
+    from mythos_lens.studies.measures import FUNCTIONAL
+
+    d = {e: (1 if ENDPOINTS[e][1] == "+" else -1) for e in REPRESENTATIONAL}
+    # loop identity removed or scrambled costs more the more the loops differ
+    d.update({e: (1 if e.startswith("kl_") else -1) for e in FUNCTIONAL})
+    return d
+
+
+def candidate_metrics(
+    model: Any, batch: Any, *, n_loops: int, probe_splits: int, seed: int
+) -> dict[str, float]:
+    """Every candidate endpoint of one (possibly planted) model on held-out `batch`."""
+    from mythos_lens.studies.measures import FUNCTIONAL, loop_identity_effects, measure_model
+
+    v = measure_model(model, batch, n_loops=n_loops, n_null=0, probe_splits=probe_splits,
+                      seed=seed).values  # fmt: skip
+    f = loop_identity_effects(model, batch.input_ids, batch.answer, n_loops, seed=seed)
+    return {**{e: v[e] for e in REPRESENTATIONAL}, **{e: f[e] for e in FUNCTIONAL}}
+
+
+def _job(job: tuple[str, str, int, dict[str, Any]]) -> pd.DataFrame:
+    """One seed pair: both families' dose tables and the off model's metrics."""
+    from mythos_lens.checkpoint import load_checkpoint, load_task
+    from mythos_lens.dose import dose_response, lora_rows_plant, transplant_lora
+
+    on_path, off_path, seed, cfg = job
+    torch.set_num_threads(1)
+    on, off, task = load_checkpoint(on_path), load_checkpoint(off_path), load_task(on_path)
+    batch = task.generate(cfg["n_examples"], "heldout", seed=cfg["seed"])
+    n = cfg["n_loops"]
+    kw = {"n_loops": n, "probe_splits": cfg["probe_splits"], "seed": cfg["seed"]}
+
+    def metrics(m: Any) -> dict[str, float]:
+        return candidate_metrics(m, batch, **kw)
+
+    tables = []
+    for family in FAMILIES:
+        source = on if family == "lora_rows" else transplant_lora(off, on)
+        base, plant = lora_rows_plant(source, n)
+        t = dose_response(base, plant, cfg["doses"][family], metrics, batch.input_ids, batch.answer,
+                          n_loops=n)  # fmt: skip
+        tables.append(t.assign(family=family))
+    off_values = metrics(off)
+    tables.append(pd.DataFrame([{"dose": float("nan"), "metric": k, "value": v,
+                                 "family": "off_model"} for k, v in off_values.items()]))  # fmt: skip
+    return pd.concat(tables, ignore_index=True).assign(unit=seed)
+
+
+def run_sensitivity(
+    pairs: dict[int, tuple[str, str]],
+    out: str | Path,
+    *,
+    n_loops: int = 4,
+    n_examples: int = 512,
+    probe_splits: int = 5,
+    doses: dict[str, tuple[float, ...]] | None = None,
+    seed: int = 0,
+    jobs: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """Sensitivity curves over seed pairs ``{seed: (on_dir, off_dir)}``; writes ``doses.csv``
+    (every value), ``spread.csv``, ``curves.csv``, ``smallest.csv`` and ``run.json`` to `out`
+    (atomically)."""
+    from mythos_lens.analysis.run import peak_rss_mb
+    from probes.sensitivity import sensitivity_curve, smallest_detected, spread_of
+
+    t0 = time.perf_counter()
+    cfg = {"n_loops": n_loops, "n_examples": n_examples, "probe_splits": probe_splits,
+           "doses": {f: list(d) for f, d in (doses or DOSES).items()}, "seed": seed}  # fmt: skip
+    atomic = AtomicDir(out, overwrite)
+    with atomic as tmp:
+        jobs_list = [(on, off, s, cfg) for s, (on, off) in sorted(pairs.items())]
+        values = pd.concat(pool_map(_job, jobs_list, jobs, desc="seed pairs"), ignore_index=True)
+        values.to_csv(tmp / "doses.csv", index=False)
+        on0 = values[(values.family == "lora_rows") & (values.dose == 0)]
+        off = values[values.family == "off_model"]
+        paired = on0.merge(off, on=["unit", "metric"], suffixes=("_on", "_off"))
+        paired["value"] = paired.value_on - paired.value_off
+        trained = values[(values.family == "lora_rows") & (values.dose == 1)].merge(
+            off, on=["unit", "metric"], suffixes=("_on", "_off"))  # fmt: skip
+        spread = spread_of(paired)
+        sd_trained = spread_of(trained.assign(value=trained.value_on - trained.value_off))
+        pd.DataFrame([{"metric": m, "spread": s, "sd_on_minus_off_trained": sd_trained.get(m)}
+                      for m, s in sorted(spread.items())]).to_csv(tmp / "spread.csv",
+                                                                  index=False)  # fmt: skip
+        curve = sensitivity_curve(values[values.family != "off_model"], spread, _direction())
+        curve.to_csv(tmp / "curves.csv", index=False)
+        smallest_detected(curve).to_csv(tmp / "smallest.csv", index=False)
+        atomic.write_run({"kind": "lora-sensitivity", "pairs": {str(k): v for k, v in
+                                                                pairs.items()}, **cfg,
+                          "seconds": round(time.perf_counter() - t0, 1),
+                          "peak_rss_mb": round(peak_rss_mb(), 1),
+                          "peak_rss_mb_workers": round(peak_rss_mb(children=True), 1)})  # fmt: skip
+    return Path(out)
+
+
+def exploratory_pairs(directory: str | Path, seeds: list[int]) -> dict[int, tuple[str, str]]:
+    """``{seed: (on_dir, off_dir)}`` of study models under `directory`."""
+    from mythos_lens.errors import MythosLensError
+    from mythos_lens.studies.models import is_trained, model_dir
+
+    d = Path(directory)
+    out = {}
+    for s in seeds:
+        on, off = model_dir(d, "on", s), model_dir(d, "off", s)
+        missing = [p.name for p in (on, off) if not is_trained(p)]
+        if missing:
+            raise MythosLensError(f"study models missing under {d}: {', '.join(missing)}",
+                                  "both arms of every seed pair given")  # fmt: skip
+        out[s] = (str(on), str(off))
+    return out
