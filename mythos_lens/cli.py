@@ -298,6 +298,14 @@ def _study(args: argparse.Namespace) -> int:
     _use_threads(args.threads)
     t0 = time.perf_counter()
     jobs = check_int("--jobs", args.jobs, 1)
+    if args.study == "lora-sensitivity":
+        from mythos_lens.studies.sensitivity import exploratory_pairs, run_sensitivity
+
+        seeds = parse_ints(args.seeds, "--seeds") or []
+        out = run_sensitivity(exploratory_pairs(args.dir, seeds), args.out, jobs=jobs,
+                              overwrite=args.overwrite)  # fmt: skip
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+        return 0
     if args.study == "depth":
         from mythos_lens.studies.depth import run_depth_study
 
@@ -367,6 +375,16 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
                    "criterion (models already there are kept); measure nothing")  # fmt: skip
     add_output_options(q)
     q.set_defaults(handler=_study)
+    s = ssub.add_parser("lora-sensitivity", help="sensitivity curves of the LoRA study's "
+                        "candidate endpoints on seed pairs (which can see differentiation?)")  # fmt: skip
+    s.add_argument("--dir", default="data/checkpoints/lora-study")
+    s.add_argument("--seeds", default="0,1,5,100,101,102,103",
+                   help="seed pairs (default: v1's seven complete pairs, now exploratory)")  # fmt: skip
+    s.add_argument("--out", required=True)
+    s.add_argument("--jobs", type=int, default=2)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(handler=_study)
     d = ssub.add_parser("depth", help="accuracy over depth × loops (helps / flat / "
                         "overthinking) and whether loop t does hop t+1")  # fmt: skip
     d.add_argument("checkpoints", nargs="*", help="checkpoint dirs (default: every one in --dir)")
@@ -375,6 +393,60 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--jobs", type=int, default=1, help="processes at a time (one per checkpoint)")
     add_analysis_options(d, n_default=512)
     d.set_defaults(handler=_study)
+
+
+# ---------------------------------------------------------------------------------- dose
+
+
+def _dose(args: argparse.Namespace) -> int:
+    from mythos_lens.atomic import check_output_dir
+
+    check_output_dir(args.out, args.overwrite)
+    _use_threads(args.threads)
+    from mythos_lens.studies.sensitivity import run_dose
+
+    doses = _parse_doses(args.doses)
+    out = run_dose(args.checkpoints, args.plant, args.out, doses=doses, n_loops=args.loops,
+                   n_examples=args.n, seed=args.seed, jobs=check_int("--jobs", args.jobs, 1),
+                   overwrite=args.overwrite)  # fmt: skip
+    import pandas as pd
+
+    small = pd.read_csv(out / "smallest.csv")
+    for r in small.itertuples():
+        seen = "blind" if r.blind else f"detects from dose {r.smallest_dose:g}"
+        print(f"{r.metric:32s} {seen}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _parse_doses(text: str) -> tuple[float, ...]:
+    import math
+
+    try:
+        doses = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise MythosLensError(f"--doses {text!r}", "numbers separated by commas") from None
+    if not doses or any(not math.isfinite(d) or d < 0 for d in doses) or len(doses) > 64:
+        raise MythosLensError(f"--doses {text!r}", "1-64 finite doses >= 0")
+    return doses
+
+
+def add_dose_command(sub: argparse._SubParsersAction) -> None:
+    """``mythos-lens dose CKPT... --plant NAME``: can a metric see a planted per-loop change?"""
+    p = sub.add_parser("dose", help="dose-response of every LoRA-study endpoint to a planted "
+                       "per-loop change (is a metric able to see it?)")  # fmt: skip
+    p.add_argument("checkpoints", nargs="+", help="OpenMythos checkpoint dirs (one unit each)")
+    p.add_argument("--plant", default="lora-rows", help="lora-rows | loop-embedding | "
+                   "loop-identity: that per-loop identity at mean + k·(own − mean)")  # fmt: skip
+    p.add_argument("--doses", default="0,0.25,0.5,1,2", help="k values (1: the model as it is)")
+    p.add_argument("--loops", type=int, default=None, help="loops run (default: evaluated loops)")
+    p.add_argument("-n", type=int, default=256, help="held-out examples per checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_dose)
 
 
 # ------------------------------------------------------------------------ import-checkpoint
@@ -409,6 +481,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train_command,
     add_analyze_command,
     add_study_command,
+    add_dose_command,
     add_import_checkpoint_command,
 ]
 

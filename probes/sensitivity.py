@@ -69,7 +69,8 @@ def sensitivity_curve(
         values: tidy ``unit, dose, metric, value`` (optionally ``family``), e.g. several seeds'
             :func:`mythos_lens.dose.dose_response` tables with a ``unit`` column; it must hold
             ``output_kl`` and ``output_delta_acc`` for the effect columns.
-        spread: per metric, the seed-to-seed SD its real comparison must beat (≥ 0).
+        spread: per metric, the seed-to-seed SD its real comparison must beat (≥ 0; NaN when
+            unknown, e.g. from one unit: the responses are reported, nothing is detected).
         direction: per metric, +1 or −1: the sign the response takes if the metric sees the
             planted effect. Metrics missing from `spread` or `direction` are skipped.
     """
@@ -79,7 +80,10 @@ def sensitivity_curve(
     for (fam, metric), g in v.groupby(["family", "metric"], sort=True):
         if metric in EFFECT_METRICS or metric not in spread or metric not in direction:
             continue
-        sign, sd0 = int(direction[metric]), check_float(f"spread[{metric}]", spread[metric], 0.0)
+        sd0 = spread[metric]  # NaN: unknown (one unit), so nothing can be called detected
+        sd0 = math.nan if sd0 is None or math.isnan(sd0) else check_float(
+            f"spread[{metric}]", sd0, 0.0)  # fmt: skip
+        sign = int(direction[metric])
         if sign not in (-1, 1):
             raise MythosLensError(f"direction[{metric!r}]={direction[metric]!r}", "+1 or -1")
         w = g.pivot_table(index="unit", columns="dose", values="value", aggfunc="first")

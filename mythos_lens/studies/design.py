@@ -66,6 +66,25 @@ PRIMARY = "cka_dh"
 # The representational endpoints: the ones the positive control must be able to move.
 REPRESENTATIONAL = ("cka_dh", "cka_h", "cka_block_out", "router_overlap_excess",
                     "loop_id_direction_minus_norm", "loop_id_block_in_no_emb")  # fmt: skip
+V1_ENDPOINTS = tuple(ENDPOINTS)
+
+# Design v2's functional endpoints (mythos_lens.studies.measures.loop_identity_effects): what the
+# answer loses when each loop's identity is collapsed to the mean over the loops run, or permuted
+# among them — the LoRA row alone, or the row and the loop-index embedding together.
+ENDPOINTS.update({
+    "kl_collapse_identity": ("mean KL at the answer, model ‖ every loop's LoRA row and loop "
+                             "embedding at their means", "+"),
+    "kl_collapse_lora": ("mean KL at the answer, model ‖ every loop's LoRA row at the mean row",
+                         "+"),
+    "kl_permute_identity": ("mean KL at the answer, model ‖ loop identities (row + embedding) "
+                            "permuted among the loops (mean over random permutations)", "+"),
+    "kl_permute_lora": ("mean KL at the answer, model ‖ LoRA rows permuted among the loops", "+"),
+    "dacc_collapse_identity": ("Δ accuracy, loop identities collapsed to the mean", "-"),
+    "dacc_collapse_lora": ("Δ accuracy, LoRA rows collapsed to the mean row", "-"),
+    "dacc_permute_identity": ("Δ accuracy, loop identities permuted", "-"),
+    "dacc_permute_lora": ("Δ accuracy, LoRA rows permuted", "-"),
+})  # fmt: skip
+FUNCTIONAL_ENDPOINTS = tuple(e for e in ENDPOINTS if e not in V1_ENDPOINTS)
 
 
 @dataclass(frozen=True)
@@ -90,10 +109,19 @@ class LoraStudyDesign:
     n_bootstrap: int = 1000  # hierarchical bootstrap of the primary
     control_sizes: tuple[float, ...] = (1.0, 4.0)  # planted delta size / the on model's
     seed: int = 0  # of every random choice in the analysis (data, nulls, bootstrap, control)
+    # design v2 (version 2): the endpoints tested, the positive control as doses of the on
+    # models' own learned row differences (rows = mean + k·(learned − mean)), the materiality
+    # threshold and the per-model classification (studies/measures.loop_identity_effects)
+    version: int = 1
+    endpoints: tuple[str, ...] = V1_ENDPOINTS
+    control_doses: tuple[float, ...] = ()
+    materiality_kl: float = 0.01  # a loop-identity intervention is material at KL >= this ...
+    materiality_acc: float = -0.01  # ... or at an accuracy change <= this (one point)
+    n_permutations: int = 8
 
     @property
     def secondary(self) -> tuple[str, ...]:
-        return tuple(e for e in ENDPOINTS if e != self.primary) if self.primary else ()
+        return tuple(e for e in self.endpoints if e != self.primary) if self.primary else ()
 
     @property
     def seed_order(self) -> tuple[int, ...]:
@@ -122,14 +150,15 @@ class LoraStudyDesign:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoraStudyDesign:
         """Inverse of :meth:`to_dict` (derived keys ignored)."""
-        tuples = {"seeds", "spare_seeds", "control_sizes"}
+        tuples = {"seeds", "spare_seeds", "control_sizes", "endpoints", "control_doses"}
         return cls(**{f.name: tuple(d[f.name]) if f.name in tuples else d[f.name]
                       for f in fields(cls) if f.name in d})  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "secondary": list(self.secondary),
-                "endpoints": {k: {"meaning": v[0], "differentiation_sign": v[1]}
-                              for k, v in ENDPOINTS.items()}}  # fmt: skip
+                "endpoint_meanings": {k: {"meaning": ENDPOINTS[k][0],
+                                          "differentiation_sign": ENDPOINTS[k][1]}
+                                      for k in self.endpoints}}  # fmt: skip
 
 
 # Design v2 — a declared amendment (2026-12-02), fixed before any of its models was trained.

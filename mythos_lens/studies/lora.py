@@ -6,7 +6,8 @@ the positive control (:mod:`.control`) on every LoRA-off model, the endpoints te
 (:func:`probes.stats.endpoint_table`, primary also by a paired hierarchical bootstrap over seeds ×
 examples), the verdict derived (:mod:`.verdict`). Everything lands in one output directory,
 written atomically: ``pairs.csv, models.csv, nulls.csv, loops.csv, endpoints.csv,
-descriptives.csv, control.csv, control_tests.csv, verdict.json, design.json, report.html``.
+descriptives.csv, control.csv, control_tests.csv, verdict.json, design.json, report.html`` (and
+for design v2 ``uses.csv``: which models use loop-specific LoRA).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ DESCRIPTIVE = ("accuracy", "n_matter", "act_weight_sum", "lora_delta_norm",
 
 
 def _measure_job(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, Any]:
-    """One model (``kind`` "model") or one seed's positive control (``kind`` "control", planted
-    at multiples of ``target``: the LoRA-on model's delta norm)."""
+    """One model (``kind`` "model") or one seed's positive control (``kind`` "control": v1
+    plants rows at multiples of ``target``, the LoRA-on model's delta norm, in the off model at
+    `path`; v2 scales the on model's own row differences at `path` by the design's doses)."""
     from mythos_lens.checkpoint import load_checkpoint, load_task
     from mythos_lens.studies.control import VARIANTS, planted_model
-    from mythos_lens.studies.measures import measure_model
+    from mythos_lens.studies.measures import loop_identity_effects, measure_model
 
     path, design_dict, kind, seed, target = job
     torch.set_num_threads(1)
@@ -52,7 +54,13 @@ def _measure_job(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, 
     kw = {"n_loops": n_loops, "probe_splits": d.probe_splits, "seed": d.seed}
     if kind == "model":
         data = measure_model(model, batch, n_null=d.n_null, null_examples=d.null_examples, **kw)
+        if d.version >= 2:
+            data.values.update(loop_identity_effects(
+                model, batch.input_ids, batch.answer, n_loops, n_permutations=d.n_permutations,
+                seed=d.seed))  # fmt: skip
         return {"path": path, "data": data}
+    if d.version >= 2:
+        return {"path": path, "control": _dose_control(model, batch, seed, d, kw)}
     off = measure_model(model, batch, n_null=0, **kw)
     loops = off.matters
     rows = []
@@ -66,6 +74,20 @@ def _measure_job(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, 
                       "value": v[e], "delta_norm": achieved, "target_norm": size * target}
                      for e in REPRESENTATIONAL]  # fmt: skip
     return {"path": path, "control": rows}
+
+
+def _dose_control(model: Any, batch: Any, seed: int, d: LoraStudyDesign,
+                  kw: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """Design v2's positive control in one LoRA-on model: rows = mean + k·(learned − mean) for
+    k in 0, the design's doses and 1; the primary and the output effect at each dose."""
+    from mythos_lens.dose import lora_rows_plant
+    from mythos_lens.studies.sensitivity import dose_response_of
+
+    base, plant = lora_rows_plant(model, kw["n_loops"])
+    doses = sorted({0.0, *d.control_doses, 1.0})
+    t = dose_response_of(base, plant, doses, batch, **kw)
+    keep = t.metric.isin([d.primary, "output_kl", "output_delta_acc"])
+    return t[keep].assign(seed=seed).to_dict("records")
 
 
 def primary_bootstrap(
@@ -115,6 +137,45 @@ def control_tests(control: pd.DataFrame, design: LoraStudyDesign) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def dose_control_tests(
+    control: pd.DataFrame, models: pd.DataFrame, design: LoraStudyDesign
+) -> pd.DataFrame:
+    """Design v2's control: the primary's sensitivity curve over the on models (response to
+    k·(learned − mean) against the spread of on − off with the differences removed, k = 0)."""
+    from mythos_lens.studies.sensitivity import endpoint_directions
+    from probes.sensitivity import sensitivity_curve, spread_of
+
+    values = control.rename(columns={"seed": "unit"}).assign(family="lora_rows")
+    off = models[(models.arm == "off") & (models.measure == design.primary)].set_index("seed")
+    k0 = values[(values.dose == 0) & (values.metric == design.primary)].set_index("unit")
+    paired = pd.DataFrame({"metric": design.primary,
+                           "value": (k0.value - off.value.reindex(k0.index)).dropna()})  # fmt: skip
+    curve = sensitivity_curve(values, spread_of(paired), endpoint_directions(), alpha=design.alpha)
+    return curve.rename(columns={"dose": "size"}).assign(
+        endpoint=design.primary, detected=curve.detects)  # fmt: skip
+
+
+def model_uses(models: pd.DataFrame, design: LoraStudyDesign) -> pd.DataFrame:
+    """Per model: does it use loop-specific LoRA? Material (KL ≥ ``materiality_kl`` or Δ accuracy
+    ≤ ``materiality_acc`` when every loop's row is collapsed to the mean) and beyond its
+    example-level null (``p_collapse_lora`` ≤ α) — :func:`probes.sensitivity.classify_use`."""
+    from probes.sensitivity import classify_use
+
+    w = models.pivot_table(index=["seed", "arm", "checkpoint"], columns="measure",
+                           values="value", aggfunc="first").reset_index()  # fmt: skip
+    rows = []
+    for r in w.itertuples():
+        kl, dacc, p = r.kl_collapse_lora, r.dacc_collapse_lora, r.p_collapse_lora
+        rows.append({"seed": r.seed, "arm": r.arm, "checkpoint": r.checkpoint, "kl": kl,
+                     "delta_acc": dacc, "p_value": p,
+                     "material": bool(kl >= design.materiality_kl
+                                      or dacc <= design.materiality_acc),
+                     "uses_loop_specific_lora": classify_use(
+                         kl, dacc, p, kl_threshold=design.materiality_kl,
+                         acc_threshold=design.materiality_acc, alpha=design.alpha)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def descriptives(models: pd.DataFrame, design: LoraStudyDesign) -> pd.DataFrame:
     """Per measure and arm: mean over seeds with a percentile bootstrap interval."""
     rows = []
@@ -159,7 +220,8 @@ def run_lora_study(
             desc="measuring",
         )
         data = {k: r["data"] for k, r in zip(keys, res, strict=True)}
-        control_jobs = [(str(paths[("off", s)]), dd, "control", s,
+        planted_in = "on" if design.version >= 2 else "off"  # v2 doses the on model's own rows
+        control_jobs = [(str(paths[(planted_in, s)]), dd, "control", s,
                          data[("on", s)].values["lora_delta_norm"]) for s in seeds]  # fmt: skip
         ctrl = pool_map(_measure_job, control_jobs, jobs, desc="measuring")
         control = pd.DataFrame([r for c in ctrl for r in c["control"]])
@@ -173,7 +235,7 @@ def run_lora_study(
                            for k, d in data.items()], ignore_index=True)  # fmt: skip
         wide = models.pivot(index=["seed", "arm"], columns="measure", values="value")
         diffs = {e: (wide.xs("on", level="arm")[e] - wide.xs("off", level="arm")[e])
-                 .dropna().sort_index().to_numpy() for e in ENDPOINTS}  # fmt: skip
+                 .dropna().sort_index().to_numpy() for e in design.endpoints}  # fmt: skip
         endpoints = endpoint_table(diffs, design.primary, alpha=design.alpha,
                                    seed=design.seed, method="percentile")  # fmt: skip
         endpoints["meaning"] = endpoints.endpoint.map(lambda e: ENDPOINTS[e][0])
@@ -182,15 +244,31 @@ def run_lora_study(
                                         for a in ARMS)]  # fmt: skip
         hb = (primary_bootstrap({s: data[("on", s)] for s in both},
                                 {s: data[("off", s)] for s in both}, design)
-              if len(both) >= 2 else {"low": np.nan, "high": np.nan})  # fmt: skip
+              if len(both) >= 2 and design.primary == "cka_dh"
+              else {"low": np.nan, "high": np.nan})  # fmt: skip
         endpoints["hb_low"] = np.where(endpoints.role == "primary", hb["low"], np.nan)
         endpoints["hb_high"] = np.where(endpoints.role == "primary", hb["high"], np.nan)
-        desc = descriptives(models[models.measure.isin([*DESCRIPTIVE, *ENDPOINTS])], design)
-        ctests = control_tests(control, design)
-        verdict = lora_verdict(endpoints, ctests, desc, pairs, design)
-        tables = {"pairs": pairs, "models": models, "nulls": nulls, "loops": loops,
-                  "endpoints": endpoints, "descriptives": desc, "control": control,
-                  "control_tests": ctests}  # fmt: skip
+        desc = descriptives(models[models.measure.isin([*DESCRIPTIVE, *design.endpoints])],
+                            design)  # fmt: skip
+        tables = {
+            "pairs": pairs,
+            "models": models,
+            "nulls": nulls,
+            "loops": loops,
+            "endpoints": endpoints,
+            "descriptives": desc,
+            "control": control,
+        }
+        if design.version >= 2:
+            from mythos_lens.studies.verdict import lora_verdict_v2
+
+            tables["control_tests"] = dose_control_tests(control, models, design)
+            tables["uses"] = model_uses(models, design)
+            verdict = lora_verdict_v2(endpoints, tables["control_tests"], tables["uses"], desc,
+                                      pairs, design)  # fmt: skip
+        else:
+            tables["control_tests"] = control_tests(control, design)
+            verdict = lora_verdict(endpoints, tables["control_tests"], desc, pairs, design)
         for name, df in tables.items():
             df.to_csv(tmp / f"{name}.csv", index=False)
         (tmp / "verdict.json").write_text(json.dumps(verdict, indent=1))

@@ -32,6 +32,7 @@ from mythos_lens.capture import capture, run
 from mythos_lens.interventions import AblateLora
 from mythos_lens.model import loop_embedding
 from mythos_lens.patching import lora_scale_sweep
+from mythos_lens.studies.design import FUNCTIONAL_ENDPOINTS
 from probes.effective_depth import effective_depth, loops_that_matter
 from probes.linear import loop_channels, probe_loop_index, summarize
 from probes.routing import random_overlap_baseline, router_overlap
@@ -207,9 +208,7 @@ def measure_model(
 # The functional loop-identity endpoints (design v2): what the answer loses when a loop's
 # identity — its LoRA row, or its LoRA row and loop-index embedding together — is collapsed to
 # the mean over the loops run, or permuted among them (mean over every non-identity permutation).
-FUNCTIONAL = ("kl_collapse_lora", "dacc_collapse_lora", "kl_collapse_identity",
-              "dacc_collapse_identity", "kl_permute_lora", "dacc_permute_lora",
-              "kl_permute_identity", "dacc_permute_identity")  # fmt: skip
+FUNCTIONAL = FUNCTIONAL_ENDPOINTS
 
 
 def _mixings(n: int, n_permutations: int, seed: int) -> dict[str, torch.Tensor]:

@@ -8,17 +8,15 @@ from typing import Any
 import pandas as pd
 
 from mythos_lens.analysis.report import build_report
-from mythos_lens.studies.design import ENDPOINTS
 
 COLORS = {"on": "#d62728", "off": "#1f77b4"}
 
 
-def paired_figure(models: pd.DataFrame) -> Any:
-    """One panel per endpoint: each seed's on and off value joined by a line."""
+def paired_figure(models: pd.DataFrame, names: list[str]) -> Any:
+    """One panel per endpoint in `names`: each seed's on and off value joined by a line."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    names = list(ENDPOINTS)
     cols = 3
     fig = make_subplots(rows=-(-len(names) // cols), cols=cols, subplot_titles=names)
     for i, e in enumerate(names):
@@ -95,16 +93,31 @@ def lora_report(
     tables: dict[str, pd.DataFrame], verdict: dict[str, Any], meta: dict[str, Any], plotlyjs: str
 ) -> str:
     """The study's HTML page: verdict, endpoint table, figures, the other tables."""
+    from probes.sensitivity_plots import seed_dots_figure, sensitivity_figure
+
     ep = tables["endpoints"]
+    primary = verdict["primary"]["endpoint"]
     summary = [f"<b>Verdict</b>: {html.escape(verdict['statement'])}"]
+    if "uses" in tables:  # design v2: the control is a dose curve in the on models
+        ct = tables["control_tests"].rename(columns={"size": "dose"})
+        control = ("Positive control: the primary against the on models' own learned row "
+                   "differences scaled by k (x: the dose's effect on the output).",
+                   sensitivity_figure(ct))  # fmt: skip
+    else:
+        control = ("Positive control (planted differentiation) on the primary endpoint.",
+                   control_figure(tables["control"], primary))  # fmt: skip
     figs = [
-        ("Each endpoint per seed pair (off → on).", paired_figure(tables["models"])),
+        ("Each endpoint per seed pair (off → on).",
+         paired_figure(tables["models"], list(ep.endpoint))),
         ("Within-model nulls: the observed effect of each LoRA-on model against its random "
          "permutations / equal-norm rows / equal-size moves.", nulls_figure(tables["nulls"])),
-        ("Positive control (planted differentiation) on the primary endpoint.",
-         control_figure(tables["control"], verdict["primary"]["endpoint"])),
+        control,
         ("Effective depth of every model.", loops_figure(tables["loops"])),
     ]  # fmt: skip
+    if "uses" in tables:
+        figs.insert(0, ("Which models use loop-specific LoRA (filled: material and beyond the "
+                        "example-level null).", seed_dots_figure(
+                            tables["uses"], threshold=verdict.get("materiality_kl"))))  # fmt: skip
     extra = "".join(
         f"<section id='{name}'><h2>{name}</h2>"
         + df.to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, classes="t")

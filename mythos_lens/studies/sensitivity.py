@@ -36,13 +36,9 @@ DOSES = {"lora_rows": (0.0, 0.25, 0.5, 1.0, 2.0),
          "transplant": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}  # fmt: skip
 
 
-def _direction() -> dict[str, int]:
-    from mythos_lens.studies.measures import FUNCTIONAL
-
-    d = {e: (1 if ENDPOINTS[e][1] == "+" else -1) for e in REPRESENTATIONAL}
-    # loop identity removed or scrambled costs more the more the loops differ
-    d.update({e: (1 if e.startswith("kl_") else -1) for e in FUNCTIONAL})
-    return d
+def endpoint_directions() -> dict[str, int]:
+    """The sign each endpoint's response takes if it sees the loops differ more."""
+    return {e: (1 if sign == "+" else -1) for e, (_, sign) in ENDPOINTS.items()}
 
 
 def candidate_metrics(
@@ -60,7 +56,7 @@ def candidate_metrics(
 def _job(job: tuple[str, str, int, dict[str, Any]]) -> pd.DataFrame:
     """One seed pair: both families' dose tables and the off model's metrics."""
     from mythos_lens.checkpoint import load_checkpoint, load_task
-    from mythos_lens.dose import dose_response, lora_rows_plant, transplant_lora
+    from mythos_lens.dose import lora_rows_plant, transplant_lora
 
     on_path, off_path, seed, cfg = job
     torch.set_num_threads(1)
@@ -69,17 +65,13 @@ def _job(job: tuple[str, str, int, dict[str, Any]]) -> pd.DataFrame:
     n = cfg["n_loops"]
     kw = {"n_loops": n, "probe_splits": cfg["probe_splits"], "seed": cfg["seed"]}
 
-    def metrics(m: Any) -> dict[str, float]:
-        return candidate_metrics(m, batch, **kw)
-
     tables = []
     for family in FAMILIES:
         source = on if family == "lora_rows" else transplant_lora(off, on)
         base, plant = lora_rows_plant(source, n)
-        t = dose_response(base, plant, cfg["doses"][family], metrics, batch.input_ids, batch.answer,
-                          n_loops=n)  # fmt: skip
+        t = dose_response_of(base, plant, cfg["doses"][family], batch, **kw)
         tables.append(t.assign(family=family))
-    off_values = metrics(off)
+    off_values = candidate_metrics(off, batch, **kw)
     tables.append(pd.DataFrame([{"dose": float("nan"), "metric": k, "value": v,
                                  "family": "off_model"} for k, v in off_values.items()]))  # fmt: skip
     return pd.concat(tables, ignore_index=True).assign(unit=seed)
@@ -122,7 +114,9 @@ def run_sensitivity(
         pd.DataFrame([{"metric": m, "spread": s, "sd_on_minus_off_trained": sd_trained.get(m)}
                       for m, s in sorted(spread.items())]).to_csv(tmp / "spread.csv",
                                                                   index=False)  # fmt: skip
-        curve = sensitivity_curve(values[values.family != "off_model"], spread, _direction())
+        curve = sensitivity_curve(
+            values[values.family != "off_model"], spread, endpoint_directions()
+        )
         curve.to_csv(tmp / "curves.csv", index=False)
         smallest_detected(curve).to_csv(tmp / "smallest.csv", index=False)
         atomic.write_run({"kind": "lora-sensitivity", "pairs": {str(k): v for k, v in
@@ -130,6 +124,88 @@ def run_sensitivity(
                           "seconds": round(time.perf_counter() - t0, 1),
                           "peak_rss_mb": round(peak_rss_mb(), 1),
                           "peak_rss_mb_workers": round(peak_rss_mb(children=True), 1)})  # fmt: skip
+    return Path(out)
+
+
+PLANTS = ("lora-rows", "loop-embedding", "loop-identity")
+
+
+def _dose_job(job: tuple[str, str, dict[str, Any]]) -> pd.DataFrame:
+    from mythos_lens import dose
+    from mythos_lens.checkpoint import load_checkpoint, load_task
+
+    path, plant_name, cfg = job
+    torch.set_num_threads(1)
+    model, task = load_checkpoint(path), load_task(path)
+    batch = task.generate(cfg["n_examples"], "heldout", seed=cfg["seed"])
+    n = cfg["n_loops"]
+    family = {"lora-rows": dose.lora_rows_plant, "loop-embedding": dose.loop_embedding_plant,
+              "loop-identity": dose.loop_identity_plant}[plant_name]  # fmt: skip
+    base, plant = family(model, n)
+    kw = {"n_loops": n, "probe_splits": cfg["probe_splits"], "seed": cfg["seed"]}
+    t = dose_response_of(base, plant, cfg["doses"], batch, **kw)
+    return t.assign(unit=Path(path).name, family=plant_name)
+
+
+def dose_response_of(
+    base: Any, plant: Any, doses: list[float], batch: Any, *, n_loops: int, probe_splits: int,
+    seed: int,
+) -> pd.DataFrame:  # fmt: skip
+    """:func:`mythos_lens.dose.dose_response` with every candidate endpoint as the metrics."""
+    from mythos_lens.dose import dose_response
+
+    def metrics(m: Any) -> dict[str, float]:
+        return candidate_metrics(m, batch, n_loops=n_loops, probe_splits=probe_splits, seed=seed)
+
+    return dose_response(base, plant, doses, metrics, batch.input_ids, batch.answer,
+                         n_loops=n_loops)  # fmt: skip
+
+
+def run_dose(
+    checkpoints: list[str],
+    plant: str,
+    out: str | Path,
+    *,
+    doses: tuple[float, ...] = DOSES["lora_rows"],
+    n_loops: int | None = None,
+    n_examples: int = 256,
+    probe_splits: int = 3,
+    seed: int = 0,
+    jobs: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """``mythos-lens dose``: one plant's dose-response on each checkpoint (a unit each); the
+    spread is the SD over checkpoints of each metric at dose 0 (unknown with one checkpoint).
+    Writes ``doses.csv``, ``curves.csv``, ``smallest.csv``, ``run.json``."""
+    from mythos_lens.checkpoint import read_config
+    from mythos_lens.errors import MythosLensError, check_int
+    from probes.sensitivity import sensitivity_curve, smallest_detected, spread_of
+
+    if plant not in PLANTS:
+        raise MythosLensError(f"plant {plant!r}", f"one of {list(PLANTS)}")
+    if not checkpoints:
+        raise MythosLensError("no checkpoint", "one or more checkpoint directories")
+    if n_loops is None:
+        tc = read_config(checkpoints[0]).get("metadata", {}).get("train_config", {}) or {}
+        n_loops = int(tc.get("eval_loops") or tc.get("loops") or 4)
+    cfg = {"n_loops": check_int("--loops", n_loops, 2, 64),
+           "n_examples": check_int("-n", n_examples, 8, 100_000),
+           "probe_splits": probe_splits, "doses": sorted({0.0, *map(float, doses)}),
+           "seed": seed}  # fmt: skip
+    t0 = time.perf_counter()
+    atomic = AtomicDir(out, overwrite)
+    with atomic as tmp:
+        tables = pool_map(_dose_job, [(c, plant, cfg) for c in checkpoints], jobs,
+                          desc="checkpoints")  # fmt: skip
+        values = pd.concat(tables, ignore_index=True)
+        values.to_csv(tmp / "doses.csv", index=False)
+        spread = spread_of(values[values.dose == 0]) if len(checkpoints) >= 2 else {
+            m: float("nan") for m in values.metric.unique()}  # fmt: skip
+        curve = sensitivity_curve(values, spread, endpoint_directions())
+        curve.to_csv(tmp / "curves.csv", index=False)
+        smallest_detected(curve).to_csv(tmp / "smallest.csv", index=False)
+        atomic.write_run({"kind": "dose-response", "plant": plant, "checkpoints": checkpoints,
+                          **cfg, "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
     return Path(out)
 
 

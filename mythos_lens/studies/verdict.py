@@ -132,3 +132,106 @@ def lora_verdict(
         "accuracy": {a: desc("accuracy", a) for a in ("on", "off")},
         "design": design.name,
     })  # fmt: skip
+
+
+def lora_verdict_v2(
+    endpoints: pd.DataFrame,
+    control_tests: pd.DataFrame,
+    uses: pd.DataFrame,
+    descriptives: pd.DataFrame,
+    pairs: pd.DataFrame,
+    design: LoraStudyDesign,
+) -> dict[str, Any]:
+    """Design v2's answer, by rules fixed with the design (``studies/design.py``):
+
+    1. The positive control must fire: the primary detects (``control_tests``, a sensitivity
+       curve over the on models) a dose of the learned row differences below 1 — less than
+       training produced. Otherwise: "Inconclusive".
+    2. The population test: the primary's on − off, exact two-sided sign-flip over seed pairs.
+       Too few pairs to reach α → "Not decidable"; detected in the differentiating direction
+       with a material mean (≥ the design's KL threshold for a KL endpoint) → "Yes"; detected
+       but immaterial → "Detected but immaterial"; the other way → "No, the opposite";
+       otherwise "Not detected" (the control says how small an effect could still be seen).
+    3. Per model: k of n LoRA-on models use loop-specific LoRA (material and beyond their
+       example-level null), with an exact binomial interval, beside 0 of n off models expected.
+    """
+    from probes.sensitivity import proportion_interval
+
+    ep = {r.endpoint: _endpoint(r) for _, r in endpoints.iterrows()}
+    prim = ep[design.primary]
+    n = int(prim["n"])
+    ct = control_tests.sort_values("size")
+    seen = ct[ct["detected"].fillna(False).astype(bool)]
+    min_dose = float(seen["size"].min()) if len(seen) else None
+    control_fires = min_dose is not None and min_dose < 1.0
+    underpowered = prim.get("min_p") is not None and prim["min_p"] > design.alpha
+    detected = prim["decision"] == "detected"
+    material = prim["mean_diff"] is not None and (
+        prim["mean_diff"] >= design.materiality_kl if design.primary.startswith("kl_")
+        else prim["mean_diff"] <= design.materiality_acc)  # fmt: skip
+    on = uses[uses.arm == "on"]
+    off = uses[uses.arm == "off"]
+    share = (proportion_interval(int(on.uses_loop_specific_lora.sum()), len(on))
+             if len(on) else None)  # fmt: skip
+    if not control_fires:
+        label = ("Inconclusive: the primary endpoint does not detect even the on models' own "
+                 "learned row differences scaled below what training produced")  # fmt: skip
+    elif underpowered:
+        label = (f"Not decidable with {n} seed pairs: the smallest p their sign-flip test can "
+                 f"return is {prim['min_p']:.3g} > α = {design.alpha:g}")  # fmt: skip
+    elif detected and prim["direction"] == "differentiating" and material:
+        label = (
+            "Yes: with depth-wise LoRA the answer depends on which loop is which — "
+            "collapsing the loops' identities changes it materially more than without"
+        )
+    elif detected and prim["direction"] == "differentiating":
+        label = ("Detected but immaterial: LoRA-on models depend on loop identity more than "
+                 "LoRA-off models, by less than the materiality threshold")  # fmt: skip
+    elif detected:
+        label = "No, the opposite: LoRA-off models depend on loop identity more"
+    else:
+        label = (f"Not detected, although the primary sees {min_dose:g}× the learned "
+                 "differentiation in the on models")  # fmt: skip
+    ci = (f"{_fmt(prim['mean_diff'], '.4g')} [bootstrap over seeds {_fmt(prim['ci_low'], '.4g')}, "
+          f"{_fmt(prim['ci_high'], '.4g')}], exact sign-flip p = {_fmt(prim['p_value'], '.4g')}, "
+          f"n = {n} seed pairs")  # fmt: skip
+    parts = [f"Primary endpoint (on − off, {prim['meaning']}): {ci}: {prim['decision']}."]
+    if share is not None:
+        parts.append(
+            f"Per model: {share['k']} of {share['n']} LoRA-on models use loop-specific LoRA "
+            f"(collapsing every loop's row to the mean costs KL ≥ {design.materiality_kl:g} or "
+            f"≥ {-design.materiality_acc * 100:g} accuracy points, beyond the example-level null):"
+            f" {share['share']:.2f}, 95 % exact interval [{share['low']:.2f}, {share['high']:.2f}]"
+            f"; LoRA-off models: {int(off.uses_loop_specific_lora.sum())} of {len(off)}."
+        )
+    for _, r in ct.iterrows():
+        parts.append(f"Positive control, learned row differences × {r['size']:g} (output KL "
+                     f"{_fmt(r['output_kl'], '.3g')}): primary moves by "
+                     f"{_fmt(r['mean_response'], '.4g')} against a spread of "
+                     f"{_fmt(r['spread'], '.3g')} (p = {_fmt(r['p_value'], '.3g')}): "
+                     + ("detected." if r["detected"] else "not detected."))  # fmt: skip
+    used = pairs[pairs.used].seed.nunique()
+    replaced = sorted(pairs[~pairs.used].seed.unique().tolist())
+    parts.append(f"{used} seed pairs met the stopping criterion"
+                 + (f"; seed(s) {replaced} missed it and were replaced." if replaced else "."))  # fmt: skip
+
+    def desc(measure: str, arm: str) -> dict[str, Any] | None:
+        r = descriptives[(descriptives.measure == measure) & (descriptives.arm == arm)]
+        return None if r.empty else {k: r.iloc[0][k] for k in ("mean", "ci_low", "ci_high", "n")}
+
+    return jsonable({
+        "question": "does depth-wise LoRA differentiate loop iterations?",
+        "verdict": label,
+        "statement": " ".join([label + "."] + parts),
+        "n_seed_pairs": n,
+        "replaced_seeds": replaced,
+        "primary": prim,
+        "endpoints": ep,
+        "control_min_detected_dose": min_dose,
+        "uses_loop_specific_lora": share,
+        "off_models_using": int(off.uses_loop_specific_lora.sum()),
+        "accuracy": {a: desc("accuracy", a) for a in ("on", "off")},
+        "design": design.name,
+        "materiality_kl": design.materiality_kl,
+        "materiality_acc": design.materiality_acc,
+    })  # fmt: skip

@@ -16,7 +16,9 @@ from mythos_lens.studies.control import planted_model, unit_rows
 from mythos_lens.studies.design import (
     DESIGNS,
     ENDPOINTS,
+    FUNCTIONAL_ENDPOINTS,
     STUDY_RECIPE,
+    V1_ENDPOINTS,
     LoraStudyDesign,
     get_design,
 )
@@ -47,7 +49,7 @@ def tiny_design(**kw) -> LoraStudyDesign:
 def test_design_is_fixed_and_round_trips():
     full = get_design("full")
     assert full.primary == "cka_dh" and len(full.seeds) >= 8 and full.n_null >= 100
-    assert set(full.secondary) == set(ENDPOINTS) - {"cka_dh"}
+    assert set(full.secondary) == set(V1_ENDPOINTS) - {"cka_dh"}
     assert LoraStudyDesign.from_dict(json.loads(json.dumps(full.to_dict()))) == full
     cfg = full.train_config(False, 3)
     assert (cfg.lora, cfg.seed, cfg.steps, cfg.early_stop_acc, cfg.early_stop_patience) == (
@@ -220,7 +222,7 @@ def test_lora_study_end_to_end(tiny_study):
              "control_tests"}  # fmt: skip
     assert {p.stem for p in out.glob("*.csv")} == names
     ep = pd.read_csv(out / "endpoints.csv")
-    assert list(ep.endpoint) == list(ENDPOINTS) and ep.role.iloc[0] == "primary"
+    assert list(ep.endpoint) == list(d.endpoints) and ep.role.iloc[0] == "primary"
     nulls = pd.read_csv(out / "nulls.csv")
     off = nulls[nulls.arm == "off"]
     assert len(off) and (off.effect == 0).all() and (off.p_value == 1).all()
@@ -234,6 +236,33 @@ def test_lora_study_end_to_end(tiny_study):
     assert set(ctrl.variant) == {"distinct", "same"}
     assert np.allclose(ctrl.delta_norm, ctrl.target_norm, rtol=0.05)
     assert "Verdict" in (out / "report.html").read_text()
+
+
+def test_design_v2_study_end_to_end(tiny_study, tmp_path):
+    """v2 on the same tiny models: functional endpoints, the dose control in the on models,
+    per-model classification and the v2 verdict."""
+    d, out = tiny_study
+    d2 = dataclasses.replace(d, name="tiny-v2", version=2, primary="kl_collapse_identity",
+                             endpoints=(*FUNCTIONAL_ENDPOINTS, "cka_h"), control_doses=(0.5,),
+                             n_permutations=2)  # fmt: skip
+    paths, pairs = study_models(d2, out.parent / "ck", train=False)
+    v2 = run_lora_study(d2, paths, pairs, tmp_path / "v2", jobs=1, plotlyjs="cdn")
+    models = pd.read_csv(v2 / "models.csv")
+    off = models[models.arm == "off"].set_index(["seed", "measure"]).value
+    for s in models.seed.unique():  # without LoRA the LoRA interventions are exactly 0
+        assert off[(s, "kl_collapse_lora")] == 0 and off[(s, "kl_permute_lora")] == 0
+    uses = pd.read_csv(v2 / "uses.csv")
+    assert (
+        set(uses.arm) == {"on", "off"} and not uses[uses.arm == "off"].uses_loop_specific_lora.any()
+    )
+    ct = pd.read_csv(v2 / "control_tests.csv")
+    assert sorted(ct["size"]) == [0.5, 1.0] and set(ct.endpoint) == {"kl_collapse_identity"}
+    ctrl = pd.read_csv(v2 / "control.csv")
+    k0 = ctrl[(ctrl.dose == 0) & (ctrl.metric == "output_kl")]
+    assert (k0.value == 0).all()  # dose 0 is the base itself
+    v = json.loads((v2 / "verdict.json").read_text())
+    assert v["design"] == "tiny-v2" and v["uses_loop_specific_lora"]["n"] == len(uses) // 2
+    assert v["verdict"].split(":")[0] in {"Inconclusive", "Not decidable with 2 seed pairs"}
 
 
 def test_lora_study_is_deterministic(tiny_study, tmp_path):

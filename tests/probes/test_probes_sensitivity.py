@@ -101,3 +101,21 @@ def test_proportion_interval_is_clopper_pearson():
     assert proportion_interval(0, 8)["low"] == 0.0 and proportion_interval(8, 8)["high"] == 1.0
     with pytest.raises(MythosLensError):
         proportion_interval(9, 8)
+
+
+def test_sensitivity_figure_draws_each_metric_at_its_dose_effects():
+    from probes.sensitivity_plots import seed_dots_figure, sensitivity_figure
+
+    v = pd.concat([_planted(2.0, 0.01), _planted(0.0, 0.0).assign(metric=lambda d: d.metric.where(
+        d.metric != "m", "flat"))])  # fmt: skip
+    curve = sensitivity_curve(v, {"m": 0.9, "flat": 0.0}, {"m": 1, "flat": 1})
+    fig = sensitivity_figure(curve)
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"m", "flat"}
+    assert list(by_name["m"].x) == pytest.approx([d / 10 for d in DOSES[1:]])
+    assert list(by_name["flat"].y) == [0.0] * 4  # a zero response under a zero spread: not ∞
+    uses = pd.DataFrame({"seed": [0, 0, 1, 1], "arm": ["on", "off"] * 2, "kl": [0.3, 0, 1e-4, 0],
+                         "uses_loop_specific_lora": [True, False, False, False]})  # fmt: skip
+    dots = seed_dots_figure(uses, threshold=0.01)
+    assert [t.name for t in dots.data] == ["LoRA on", "LoRA off"]
+    assert list(dots.data[1].y) == [1e-9, 1e-9]  # exact zeros at the floor
