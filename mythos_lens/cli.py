@@ -303,7 +303,7 @@ def _study(args: argparse.Namespace) -> int:
 
         seeds = parse_ints(args.seeds, "--seeds") or []
         out = run_sensitivity(exploratory_pairs(args.dir, seeds), args.out, jobs=jobs,
-                              overwrite=args.overwrite)  # fmt: skip
+                              overwrite=args.overwrite, cache=args.cache)  # fmt: skip
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
         return 0
     if args.study == "depth":
@@ -381,6 +381,8 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seeds", default="0,1,5,100,101,102,103",
                    help="seed pairs (default: v1's seven complete pairs, now exploratory)")  # fmt: skip
     s.add_argument("--out", required=True)
+    s.add_argument("--cache", default=None,
+                   help="keep each seed pair's table here as it finishes (resume)")  # fmt: skip
     s.add_argument("--jobs", type=int, default=2)
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--overwrite", action="store_true")

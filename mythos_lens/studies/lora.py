@@ -85,7 +85,7 @@ def _dose_control(model: Any, batch: Any, seed: int, d: LoraStudyDesign,
 
     base, plant = lora_rows_plant(model, kw["n_loops"])
     doses = sorted({0.0, *d.control_doses, 1.0})
-    t = dose_response_of(base, plant, doses, batch, **kw)
+    t = dose_response_of(base, plant, doses, batch, n_permutations=d.n_permutations, **kw)
     keep = t.metric.isin([d.primary, "output_kl", "output_delta_acc"])
     return t[keep].assign(seed=seed).to_dict("records")
 

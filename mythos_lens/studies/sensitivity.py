@@ -42,29 +42,51 @@ def endpoint_directions() -> dict[str, int]:
 
 
 def candidate_metrics(
-    model: Any, batch: Any, *, n_loops: int, probe_splits: int, seed: int
+    model: Any, batch: Any, *, n_loops: int, probe_splits: int, seed: int, n_permutations: int = 8
 ) -> dict[str, float]:
     """Every candidate endpoint of one (possibly planted) model on held-out `batch`."""
     from mythos_lens.studies.measures import FUNCTIONAL, loop_identity_effects, measure_model
 
     v = measure_model(model, batch, n_loops=n_loops, n_null=0, probe_splits=probe_splits,
                       seed=seed).values  # fmt: skip
-    f = loop_identity_effects(model, batch.input_ids, batch.answer, n_loops, seed=seed)
+    f = loop_identity_effects(model, batch.input_ids, batch.answer, n_loops, seed=seed,
+                              n_permutations=n_permutations)  # fmt: skip
     return {**{e: v[e] for e in REPRESENTATIONAL}, **{e: f[e] for e in FUNCTIONAL}}
 
 
 def _job(job: tuple[str, str, int, dict[str, Any]]) -> pd.DataFrame:
-    """One seed pair: both families' dose tables and the off model's metrics."""
+    """One seed pair: both families' dose tables and the off model's metrics (kept in
+    ``cfg["cache"]`` when given, so an interrupted run resumes per seed pair)."""
+    import hashlib
+    import json
+
+    from mythos_lens.atomic import atomic_path
+
+    on_path, off_path, seed, cfg = job
+    key = hashlib.sha256(json.dumps([on_path, off_path, seed, {k: v for k, v in cfg.items()
+                                                             if k != "cache"}],
+                                    sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
+    cached = Path(cfg["cache"]) / f"pair-s{seed}-{key}.csv" if cfg.get("cache") else None
+    if cached is not None and cached.is_file():
+        return pd.read_csv(cached)
+    table = _measure_pair(on_path, off_path, seed, cfg)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            table.to_csv(tmp, index=False)
+    return table
+
+
+def _measure_pair(on_path: str, off_path: str, seed: int, cfg: dict[str, Any]) -> pd.DataFrame:
     from mythos_lens.checkpoint import load_checkpoint, load_task
     from mythos_lens.dose import lora_rows_plant, transplant_lora
 
-    on_path, off_path, seed, cfg = job
     torch.set_num_threads(1)
     on, off, task = load_checkpoint(on_path), load_checkpoint(off_path), load_task(on_path)
     batch = task.generate(cfg["n_examples"], "heldout", seed=cfg["seed"])
     n = cfg["n_loops"]
-    kw = {"n_loops": n, "probe_splits": cfg["probe_splits"], "seed": cfg["seed"]}
-
+    kw = {"n_loops": n, "probe_splits": cfg["probe_splits"], "seed": cfg["seed"],
+          "n_permutations": cfg["n_permutations"]}  # fmt: skip
     tables = []
     for family in FAMILIES:
         source = on if family == "lora_rows" else transplant_lora(off, on)
@@ -82,25 +104,31 @@ def run_sensitivity(
     out: str | Path,
     *,
     n_loops: int = 4,
-    n_examples: int = 512,
-    probe_splits: int = 5,
+    n_examples: int = 256,
+    probe_splits: int = 3,
+    n_permutations: int = 4,
     doses: dict[str, tuple[float, ...]] | None = None,
     seed: int = 0,
     jobs: int = 1,
     overwrite: bool = False,
+    cache: str | Path | None = None,
 ) -> Path:
     """Sensitivity curves over seed pairs ``{seed: (on_dir, off_dir)}``; writes ``doses.csv``
     (every value), ``spread.csv``, ``curves.csv``, ``smallest.csv`` and ``run.json`` to `out`
-    (atomically)."""
+    (atomically). With `cache`, each seed pair's table is kept there as it finishes and reused
+    by a later run with the same settings. Defaults are lighter than the study's measures
+    (256 examples, 3 probe splits, 4 permutations): responses and spreads use the same ones."""
     from mythos_lens.analysis.run import peak_rss_mb
     from probes.sensitivity import sensitivity_curve, smallest_detected, spread_of
 
     t0 = time.perf_counter()
     cfg = {"n_loops": n_loops, "n_examples": n_examples, "probe_splits": probe_splits,
+           "n_permutations": n_permutations,
            "doses": {f: list(d) for f, d in (doses or DOSES).items()}, "seed": seed}  # fmt: skip
     atomic = AtomicDir(out, overwrite)
     with atomic as tmp:
-        jobs_list = [(on, off, s, cfg) for s, (on, off) in sorted(pairs.items())]
+        job_cfg = {**cfg, "cache": None if cache is None else str(cache)}
+        jobs_list = [(on, off, s, job_cfg) for s, (on, off) in sorted(pairs.items())]
         values = pd.concat(pool_map(_job, jobs_list, jobs, desc="seed pairs"), ignore_index=True)
         values.to_csv(tmp / "doses.csv", index=False)
         on0 = values[(values.family == "lora_rows") & (values.dose == 0)]
@@ -149,13 +177,14 @@ def _dose_job(job: tuple[str, str, dict[str, Any]]) -> pd.DataFrame:
 
 def dose_response_of(
     base: Any, plant: Any, doses: list[float], batch: Any, *, n_loops: int, probe_splits: int,
-    seed: int,
+    seed: int, n_permutations: int = 8,
 ) -> pd.DataFrame:  # fmt: skip
     """:func:`mythos_lens.dose.dose_response` with every candidate endpoint as the metrics."""
     from mythos_lens.dose import dose_response
 
     def metrics(m: Any) -> dict[str, float]:
-        return candidate_metrics(m, batch, n_loops=n_loops, probe_splits=probe_splits, seed=seed)
+        return candidate_metrics(m, batch, n_loops=n_loops, probe_splits=probe_splits, seed=seed,
+                                 n_permutations=n_permutations)  # fmt: skip
 
     return dose_response(base, plant, doses, metrics, batch.input_ids, batch.answer,
                          n_loops=n_loops)  # fmt: skip
