@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,11 @@ def complete_device_map(model: torch.nn.Module, device_map: Mapping[str, Any]) -
     if not isinstance(device_map, Mapping) or not device_map:
         raise MythosLensError(f"device_map={device_map!r}", "a non-empty {module name: device} map")
     modules = dict(model.named_modules())
-    tensors = [n for n, _ in [*model.named_parameters(), *model.named_buffers()]]
+    every = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    tensors = [n for n, _ in every]  # tied weights too (head.weight is embed.weight)
     out: dict[str, Device] = {}
     for key, value in device_map.items():
         if not isinstance(key, str) or (key not in modules and key not in tensors):
@@ -94,7 +99,10 @@ def dispatch(
 
     if offload_dir is not None:
         Path(offload_dir).mkdir(parents=True, exist_ok=True)
-    return dispatch_model(model.eval(), device_map=full, offload_dir=offload_dir)
+    model.eval().requires_grad_(False)  # for inference: readouts run its modules as they are
+    with warnings.catch_warnings():  # accelerate needs root tensors named, then warns about them
+        warnings.filterwarnings("ignore", message="The following device_map keys do not match")
+        return dispatch_model(model, device_map=full, offload_dir=offload_dir)
 
 
 def is_dispatched(model: torch.nn.Module) -> bool:

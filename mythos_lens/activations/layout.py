@@ -125,7 +125,9 @@ def kept_positions(mode: str, ids: torch.Tensor, mask: torch.Tensor | None) -> l
     return [np.flatnonzero(mask[i].numpy()) for i in range(B)]
 
 
-def _store(x: torch.Tensor, store_dtype: str, name: str) -> np.ndarray:
+def to_store_dtype(x: torch.Tensor, store_dtype: str, name: str) -> np.ndarray:
+    """`x` as stored: floats rounded to `store_dtype` (bf16 values kept as float32, exactly);
+    values float16 cannot hold raise."""
     if not x.is_floating_point():
         return x.numpy()
     y = x.to(STORE_DTYPES[store_dtype])
@@ -156,6 +158,6 @@ def rows(
         out[TOKENS] = tok[:, keep[0]]
     for c in columns:
         index = c.step if c.step is not None else c.layer
-        x = _store(_values(trace, c.site, index).detach().cpu(), store_dtype, c.name)
+        x = to_store_dtype(_values(trace, c.site, index).detach().cpu(), store_dtype, c.name)
         out[c.name] = [x[i, k] for i, k in enumerate(keep)] if ragged else x[:, keep[0]]
     return out

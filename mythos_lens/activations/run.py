@@ -133,7 +133,8 @@ def collect(
                 raise MythosLensError(f"steps {tr.steps} in sequences {rows.start}…",
                                       f"the steps of the first sequence ({first.steps})")  # fmt: skip
             if col is not None:  # the batch index seeds lens controls: global, not per rank
-                col.update(ids[rows], inputs.labels(rows), inputs.task, k * per_shard + b, tr)
+                with torch.no_grad():
+                    col.update(ids[rows], inputs.labels(rows), inputs.task, k * per_shard + b, tr)
             keep = layout.kept_positions(cfg.positions, ids[rows], None if m is None else m[rows])
             yield layout.rows(tr, columns, np.arange(rows.start, rows.stop), ids[rows], keep,
                               n_pos is None, cfg.store_dtype)  # fmt: skip

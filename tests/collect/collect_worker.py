@@ -14,12 +14,12 @@ from mythos_lens.analysis.config import task_inputs
 from mythos_lens.checkpoint import load_task
 from mythos_lens.loading import load_model
 
-N_SEQUENCES = 22  # 3 shards of 8 (the last one short), batches of 3: uneven everywhere
+N_SEQUENCES = 13  # 3 shards of 5 (the last one short), batches of 3: uneven everywhere
 
 
 def config(**overrides) -> CollectConfig:
     base = dict(sites=["resid_post", "block_out", "halt_prob", "expert_ids"], batch_size=3,
-                shard_size=8, progress=False)  # fmt: skip
+                shard_size=5, progress=False)  # fmt: skip
     return CollectConfig(**{**base, **overrides})
 
 

@@ -46,7 +46,9 @@ def _manifest(out: Path) -> dict:
 
 def _tables_equal(a: Path, b: Path) -> None:
     names = _manifest(a)["tables"]
-    assert names == _manifest(b)["tables"] and {"cka", "router", "lens", "effective_depth"} <= set(names)
+    assert names == _manifest(b)["tables"] and {"cka", "router", "lens", "effective_depth"} <= set(
+        names
+    )
     for name in names:
         x = pd.read_parquet(a / "tables" / f"{name}.parquet")
         y = pd.read_parquet(b / "tables" / f"{name}.parquet")
