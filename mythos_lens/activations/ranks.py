@@ -1,7 +1,7 @@
 """The processes of one collect run, through ``torch.distributed`` (gloo on CPU, NCCL on GPU).
 
 A run launched by ``torchrun`` or ``accelerate launch`` finds ``RANK`` / ``WORLD_SIZE`` /
-``MASTER_ADDR`` in its environment (:func:`init_from_env`); a library caller may initialise the
+``MASTER_ADDR`` in its environment (:func:`process_group`); a library caller may initialise the
 process group itself. Without one, a run is a single process and every collective is a no-op.
 Collectives here: barrier, sum (``all_reduce``), JSON broadcast from rank 0 and JSON all-gather
 (bytes in uint8 tensors: nothing is unpickled).
@@ -9,8 +9,10 @@ Collectives here: barrier, sum (``all_reduce``), JSON broadcast from rank 0 and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,29 +50,25 @@ class Ranks:
         if self.distributed:
             dist.barrier()
 
-    def sum_(self, x: torch.Tensor) -> torch.Tensor:
-        """`x` summed over every rank, in place (and returned)."""
+    def _collective(self, x: torch.Tensor, op: Any) -> torch.Tensor:
+        """`op` on `x` in place, on the collectives' device (and `x` returned)."""
         if self.distributed:
             y = x.to(self.device)
-            dist.all_reduce(y, op=dist.ReduceOp.SUM)
+            op(y)
             x.copy_(y.to(x.device))
         return x
+
+    def sum_(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` summed over every rank, in place (and returned)."""
+        return self._collective(x, lambda y: dist.all_reduce(y, op=dist.ReduceOp.SUM))
 
     def max_(self, x: torch.Tensor) -> torch.Tensor:
         """The elementwise maximum of `x` over every rank, in place (and returned)."""
-        if self.distributed:
-            y = x.to(self.device)
-            dist.all_reduce(y, op=dist.ReduceOp.MAX)
-            x.copy_(y.to(x.device))
-        return x
+        return self._collective(x, lambda y: dist.all_reduce(y, op=dist.ReduceOp.MAX))
 
     def broadcast_(self, x: torch.Tensor) -> torch.Tensor:
         """Rank 0's `x` on every rank, in place (and returned)."""
-        if self.distributed:
-            y = x.to(self.device)
-            dist.broadcast(y, src=0)
-            x.copy_(y.to(x.device))
-        return x
+        return self._collective(x, lambda y: dist.broadcast(y, src=0))
 
     def broadcast_json(self, obj: Any) -> Any:
         """Rank 0's `obj` (JSON-ready) on every rank."""
@@ -98,10 +96,13 @@ class Ranks:
                 for r in range(self.world)]  # fmt: skip
 
 
-def init_from_env(device: str | torch.device = "cpu") -> Ranks:
-    """Join the process group a launcher (``torchrun``, ``accelerate launch``) describes in the
-    environment (gloo on CPU, NCCL when `device` is CUDA); a single process otherwise."""
+@contextlib.contextmanager
+def process_group(device: str | torch.device = "cpu") -> Iterator[Ranks]:
+    """The process group a launcher (``torchrun``, ``accelerate launch``) describes in the
+    environment, joined for the body (gloo on CPU, NCCL when `device` is CUDA) and left after
+    it; a single process without a launcher, or the caller's group when one is initialised."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    joined = False
     if world > 1 and not dist.is_initialized():
         cuda = torch.device(device).type == "cuda"
         if cuda:
@@ -111,7 +112,12 @@ def init_from_env(device: str | torch.device = "cpu") -> Ranks:
         except (RuntimeError, ValueError) as exc:
             raise MythosLensError(f"could not join the process group ({exc})",
                                   "a launch by torchrun or accelerate launch") from None  # fmt: skip
-    return Ranks.current()
+        joined = True
+    try:
+        yield Ranks.current()
+    finally:
+        if joined:
+            dist.destroy_process_group()
 
 
 def process_device(device: str | torch.device, ranks: Ranks) -> torch.device:

@@ -207,13 +207,12 @@ def collect_from_dir(
     tokenizer) or its task (`n_examples`, `hops`, ``cfg.seed``); the model on `device`, or
     dispatched by accelerate over `device_map` (with `offload_dir` for ``"disk"``). Joins the
     process group a launcher describes (``torchrun``)."""
-    from mythos_lens.activations.ranks import init_from_env, process_device
+    from mythos_lens.activations.ranks import process_device, process_group
     from mythos_lens.analysis.config import read_inputs, task_inputs, text_inputs
     from mythos_lens.checkpoint import load_task
     from mythos_lens.inputs import parse_token_ids
     from mythos_lens.loading import check_model_dir, load_model, load_tokenizer
 
-    ranks = init_from_env(device)
     path = Path(model_dir)
     check_model_dir(path)
     if ids_file is not None and text_file is not None:
@@ -233,9 +232,10 @@ def collect_from_dir(
             raise MythosLensError(f"{mask_file} does not exist", "a text file of 0/1 rows")
         mask = torch.tensor(parse_token_ids(Path(mask_file).read_text(encoding="utf-8")))
     info = {"name": path.name, "fingerprint": directory_fingerprint(path)}
-    model = load_model(path, "cpu" if device_map else process_device(device, ranks))
-    if device_map:
-        from mythos_lens.dispatch import dispatch
+    with process_group(device) as ranks:
+        model = load_model(path, "cpu" if device_map else process_device(device, ranks))
+        if device_map:
+            from mythos_lens.dispatch import dispatch
 
-        model = dispatch(model, device_map, offload_dir)
-    return collect(model, inputs, out, cfg, mask=mask, model_info=info)
+            model = dispatch(model, device_map, offload_dir)
+        return collect(model, inputs, out, cfg, mask=mask, model_info=info)
