@@ -261,3 +261,17 @@ def test_the_command_line_writes_resumes_and_refuses_bad_input(tiny_ckpt, tmp_pa
         assert main([*args[:3], str(tmp_path / "x"), *args[4:], *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("mythos-lens: error:") and match in err and len(err.splitlines()) == 1
+
+
+def test_the_readme_reading_example_runs(ref, inputs, monkeypatch, tmp_path):
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                 if "load_from_disk" in b)  # fmt: skip
+    (tmp_path / "acts").symlink_to(ref)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    n, T = inputs.input_ids.shape
+    assert scope["x"].shape == (n * T, 32) and scope["xs"].shape == (n, T, 3, 32)
