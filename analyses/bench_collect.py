@@ -72,6 +72,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sequences", type=int, default=256, help="sequences of the small run")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--without-instruments", action="store_true",
+                   help="also time --no-instruments runs (the small size)")  # fmt: skip
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
     load_before = os.getloadavg()
@@ -89,7 +91,8 @@ def main() -> None:
                 else:
                     inputs = ["-n", str(size)]
                 repeats = args.repeats if size == n else 1
-                for instruments in ([], ["--no-instruments"]) if size == n else ([],):
+                variants = ([], ["--no-instruments"]) if args.without_instruments else ([],)
+                for instruments in variants if size == n else ([],):
                     for r in range(repeats):
                         for ranks in (1, 2):
                             out = tmp / f"{name}-{size}-{ranks}-{len(instruments)}-{r}"
@@ -107,7 +110,9 @@ def main() -> None:
                             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in sel),
                             "wall_seconds": statistics.median(r["wall_seconds"] for r in sel),
                             "peak_rss_mb": max(max(r["peak_rss_mb"]) for r in sel)})  # fmt: skip
-    result = {"command": f"python analyses/bench_collect.py --sequences {n} --repeats {args.repeats}",
+    flag = " --without-instruments" if args.without_instruments else ""
+    result = {"command": f"python analyses/bench_collect.py --sequences {n} --repeats "
+              f"{args.repeats}{flag}",
               "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "batch_size": 16, "shard_size": 32, "summary": summary, "runs": rows}  # fmt: skip
