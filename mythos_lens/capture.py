@@ -17,6 +17,7 @@ import torch
 
 from mythos_lens.adapters import adapter_for
 from mythos_lens.adapters.base import Adapter
+from mythos_lens.dispatch import onloaded
 from mythos_lens.errors import MythosLensError
 from mythos_lens.events import SiteEvent, Visitor, check_loops_reached
 from mythos_lens.inputs import check_positions, check_store_dtype
@@ -223,11 +224,17 @@ def capture(
         loop=LazyStack(keeper.loop),
         stream=dict(keeper.stream),
         layers=LazyStack(keeper.layers),
-        params=adapter.params(model),
+        params=read_params(adapter, model),
         meta=meta,
         steps=labels.by_kind(adapter),
         site_steps={s: adapter.sites[s].step for s in keeper.loop},
     )
+
+
+def read_params(adapter: Adapter, model: Any) -> dict[str, torch.Tensor]:
+    """The adapter's per-model parameters, read with offloaded weights loaded (accelerate)."""
+    with onloaded(model):
+        return adapter.params(model)
 
 
 class StepLabels:
@@ -251,4 +258,4 @@ class StepLabels:
         return {k: [v[t] for t in sorted(v)] for k, v in out.items()}
 
 
-__all__ = ["CaptureVisitor", "StepLabels", "capture", "run", "check_sites_exist"]
+__all__ = ["CaptureVisitor", "StepLabels", "capture", "run", "check_sites_exist", "read_params"]

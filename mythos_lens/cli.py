@@ -451,6 +451,63 @@ def add_dose_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_dose)
 
 
+# ---------------------------------------------------------------------------------- collect
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from mythos_lens.activations.config import CollectConfig
+
+    cfg = CollectConfig(sites=args.sites, n_loops=args.loops, positions=args.positions,
+                        store_dtype=args.dtype, batch_size=args.batch_size,
+                        shard_size=args.shard_size, instruments=not args.no_instruments,
+                        seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    device_map = args.device_map
+    if device_map is not None and Path(device_map).is_file():
+        device_map = Path(device_map).read_text()
+    from mythos_lens.activations.run import collect_from_dir
+
+    _use_threads(args.threads)
+    t0 = time.perf_counter()
+    out = collect_from_dir(args.model, args.out, cfg, ids_file=args.ids, text_file=args.text,
+                           mask_file=args.mask, n_examples=args.n, hops=parse_ints(args.hops),
+                           device=args.device, offload_dir=args.offload_dir,
+                           device_map=parse_json_object(device_map, "--device-map") or None)  # fmt: skip
+    man = json.loads((out / "manifest.json").read_text())
+    print(f"{out}: {man['tokens']['sequences']} sequences, {len(man['columns'])} columns in "
+          f"{len(man['shards'])} shards, tables {man['tables']} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    return 0
+
+
+def add_collect_command(sub: argparse._SubParsersAction) -> None:
+    """``mythos-lens collect MODEL --out DIR``."""
+    p = sub.add_parser("collect", help="write every loop's activations as Arrow shards "
+                       "(datasets' load_from_disk); resumable; torchrun for many processes")  # fmt: skip
+    p.add_argument("model", help="model directory (mythos-lens checkpoint or transformers)")
+    p.add_argument("--out", required=True, help="dataset directory (a killed run resumes there)")
+    p.add_argument("--ids", default=None, help="inputs: dataset .safetensors or token-id text")
+    p.add_argument("--text", default=None, help="inputs: text, one per line (tokenizer.json)")
+    p.add_argument("-n", type=int, default=512, help="task examples when no --ids / --text")
+    p.add_argument("--hops", default=None, help="hop counts of the task examples, e.g. 1-3")
+    p.add_argument("--sites", default=None, help="sites to store, e.g. resid_post,block_out "
+                   "(default: the carried state)")  # fmt: skip
+    p.add_argument("--loops", type=int, default=None, help="loops (default the model's)")
+    p.add_argument("--positions", choices=["all", "last", "mask"], default="all")
+    p.add_argument("--mask", default=None, help="positions to keep: 0/1 rows like the inputs")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=int, default=256, help="sequences per shard")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-instruments", action="store_true",
+                   help="skip the streamed CKA / router / lens / effective-depth tables")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu or cuda (each process its LOCAL_RANK GPU)")
+    p.add_argument("--device-map", default=None,
+                   help='accelerate device map, JSON or a file: {"prelude": 0, "coda": "disk"}')  # fmt: skip
+    p.add_argument("--offload-dir", default=None, help="where disk-offloaded weights go")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_collect)
+
+
 # ------------------------------------------------------------------------ import-checkpoint
 
 
@@ -484,6 +541,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_analyze_command,
     add_study_command,
     add_dose_command,
+    add_collect_command,
     add_import_checkpoint_command,
 ]
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mythos_lens.adapters import adapter_for
-from mythos_lens.capture import CaptureVisitor, check_sites_exist
+from mythos_lens.capture import CaptureVisitor, check_sites_exist, read_params
 from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.events import SiteEvent, Visitor
 from mythos_lens.inputs import check_store_dtype
@@ -113,7 +113,7 @@ def capture_generate(
             positions=torch.arange(start, start + width),
             n_loops=len(primary), n_loops_requested=n,
             loop=LazyStack(keeper.loop), stream=dict(keeper.stream),
-            layers=LazyStack(keeper.layers), params=adapter.params(model),
+            layers=LazyStack(keeper.layers), params=read_params(adapter, model),
             meta={**adapter.meta(model, len(primary)), "adapter": adapter.name,
                   "site_shapes": {s: adapter.sites[s].shape for s in adapter.sites},
                   "generation": {"forward": k, "phase": "prefill" if k == 0 else "decode",

@@ -24,6 +24,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from mythos_lens.adapters import adapter_for
+from mythos_lens.adapters.base import layer_hook
 from mythos_lens.capture import run
 from mythos_lens.errors import MythosLensError
 from mythos_lens.events import SiteEvent
@@ -36,14 +37,6 @@ class _Hooks(nn.Module):
         super().__init__()
         for name in names:
             self.add_module(name, HookPoint())
-
-
-def _layer_hook(site: str, attention: bool) -> tuple[str, str]:
-    """(group, hook name) of a layer site: ``coda`` -> (coda, hook_resid_post);
-    ``coda_attn`` -> (coda, hook_attn_pattern)."""
-    if attention:
-        return site.removesuffix("_attn"), "hook_attn_pattern"
-    return site, "hook_resid_post"
 
 
 class LoopCache(dict):
@@ -107,7 +100,7 @@ class HookedMythos(HookedRootModule):
             self._prefix[kind.name] = kind.hook_prefix
         groups: dict[str, list[str]] = {}
         for s in sites.layers:
-            group, hook = _layer_hook(s, sites[s].attention)
+            group, hook = layer_hook(s, sites[s].attention)
             groups.setdefault(group, []).append(hook)
         for group, hooks in groups.items():
             count = adapter.layer_count(model, group)
@@ -133,13 +126,7 @@ class HookedMythos(HookedRootModule):
 
     def hook_name(self, site: str, step: int | None = None, layer: int | None = None) -> str:
         """The hook name of `site` (at `step` for stepped sites, `layer` for layer sites)."""
-        spec = self.adapter.sites[site]
-        if spec.stepped:
-            return f"{self._prefix[spec.step]}.{step}.hook_{site}"
-        if spec.step == LAYER:
-            group, hook = _layer_hook(site, spec.attention)
-            return f"{group}.{layer}.{hook}"
-        return f"hook_{site}"
+        return self.adapter.hook_name(site, step, layer)
 
     def _hook_point(self, event: SiteEvent) -> HookPoint:
         spec = self.adapter.sites[event.site]
@@ -152,7 +139,7 @@ class HookedMythos(HookedRootModule):
                 )
             return getattr(steps[event.loop], f"hook_{event.site}")
         if spec.step == LAYER:
-            group, hook = _layer_hook(event.site, spec.attention)
+            group, hook = layer_hook(event.site, spec.attention)
             return getattr(getattr(self, group)[event.layer], hook)
         return getattr(self, f"hook_{event.site}")
 

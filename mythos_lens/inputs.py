@@ -71,6 +71,8 @@ def as_input_ids(
     if model is not None:
         vocab_size, max_len = model.cfg.vocab_size, model.cfg.max_seq_len
         device, _ = model_device_dtype(model)
+    if device is not None and torch.device(device).type == "meta":
+        device = None  # weights offloaded by accelerate, whose hooks move the inputs
     if not isinstance(input_ids, torch.Tensor):
         try:
             input_ids = torch.as_tensor(input_ids)

@@ -222,13 +222,15 @@ def _stamp(modules: list[torch.nn.Module]) -> tuple:
 def check_finite_weights(model: torch.nn.Module) -> None:
     """Raise MythosLensError naming the first parameter or buffer holding NaN or inf.
 
-    The scan is skipped while no tensor has changed since the last clean scan.
+    The scan is skipped while no tensor has changed since the last clean scan. Tensors on the
+    meta device (weights accelerate offloaded to disk or CPU) hold no values here: they are
+    checked where they were loaded (``load_checkpoint``).
     """
     cached = _finite_checked.get(model)
     if cached is not None and _stamp(cached[0]) == cached[1]:
         return
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise MythosLensError(
                 f"weight {name!r} holds {bad} NaN/inf value(s)", "finite weights everywhere"

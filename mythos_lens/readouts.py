@@ -16,14 +16,24 @@ import torch
 from open_mythos.main import OpenMythos, loop_index_embedding
 from torch.func import functional_call
 
+from mythos_lens.dispatch import is_dispatched
 from mythos_lens.errors import MythosLensError
 from mythos_lens.model import require_openmythos
 
 
-def _frozen(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _frozen(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """`module`'s detached parameters and buffers; None when accelerate dispatched it (its own
+    forward then loads its offloaded weights, which ``dispatch`` froze)."""
+    if is_dispatched(module):
+        return None
     state = {k: v.detach() for k, v in module.named_parameters()}
     state.update({k: v.detach() for k, v in module.named_buffers()})
     return state
+
+
+def _call(module: torch.nn.Module, params: dict[str, torch.Tensor] | None, *args):
+    """`module` on `args` with the parameters :func:`_frozen` gave."""
+    return module(*args) if params is None else functional_call(module, params, args)
 
 
 def _check_width(h: torch.Tensor, model: OpenMythos, what: str) -> None:
@@ -54,7 +64,7 @@ def logit_lens(model: OpenMythos) -> Callable[[torch.Tensor], torch.Tensor]:
     def readout(h: torch.Tensor) -> torch.Tensor:
         _check_width(h, model, "logit lens")
         h = h.to(model.head.weight.dtype)
-        return functional_call(model.head, head_p, (functional_call(model.norm, norm_p, (h,)),))
+        return _call(model.head, head_p, _call(model.norm, norm_p, h))
 
     return readout
 
@@ -83,8 +93,8 @@ def coda_lens(model: OpenMythos) -> Callable[[torch.Tensor], torch.Tensor]:
         x = h.reshape(-1, T, h.shape[-1]).to(model.head.weight.dtype)
         freqs, mask = _rope_and_mask(model, T, x.device)
         for layer, params in layers:
-            x = functional_call(layer, params, (x, freqs, mask))
-        out = functional_call(model.head, head_p, (functional_call(model.norm, norm_p, (x,)),))
+            x = _call(layer, params, x, freqs, mask)
+        out = _call(model.head, head_p, _call(model.norm, norm_p, x))
         return out.reshape(*lead, T, -1)
 
     return readout
@@ -117,10 +127,10 @@ def loop_step(model: OpenMythos, e: torch.Tensor, t: int) -> Callable[[torch.Ten
                 f"h has shape {tuple(getattr(h, 'shape', ()))}", f"{tuple(e.shape)} like e"
             )
         h_loop = loop_index_embedding(h, t, rec.loop_dim)
-        combined = functional_call(rec.norm, p_norm, (h_loop + e,))
-        out = functional_call(rec.block, p_block, (combined, freqs, mask, None, f"loop_{t}"))
-        out = out + functional_call(rec.lora, p_lora, (out, t))
-        return functional_call(rec.injection, p_inj, (h, e, out))
+        combined = _call(rec.norm, p_norm, h_loop + e)
+        out = _call(rec.block, p_block, combined, freqs, mask, None, f"loop_{t}")
+        out = out + _call(rec.lora, p_lora, out, t)
+        return _call(rec.injection, p_inj, h, e, out)
 
     return step
 

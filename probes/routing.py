@@ -127,7 +127,19 @@ def expert_load(expert_ids: Any, n_experts: int) -> pd.DataFrame:
     """
     ids, E = _check_ids(expert_ids, n_experts)
     L = ids.shape[0]
-    counts = torch.stack([torch.bincount(ids[t].reshape(-1), minlength=E) for t in range(L)])
+    return load_from_counts(
+        torch.stack([torch.bincount(ids[t].reshape(-1), minlength=E) for t in range(L)])
+    )
+
+
+def load_from_counts(counts: Any) -> pd.DataFrame:
+    """:func:`expert_load`'s table from routing counts ``[loop, E]`` (summed over batches or
+    processes)."""
+    counts = as_int_tensor(counts, "counts")
+    check_ndim(counts, 2, "counts", "[loop, n_experts]")
+    if counts.numel() == 0 or int(counts.min()) < 0:
+        raise MythosLensError(f"counts of shape {tuple(counts.shape)}", "non-negative [loop, E]")
+    L, E = counts.shape
     total = counts.sum(1, keepdim=True).clamp(min=1)
     ll, ee = np.meshgrid(np.arange(L), np.arange(E), indexing="ij")
     return pd.DataFrame(
@@ -145,8 +157,12 @@ def load_summary(expert_ids: Any, n_experts: int) -> pd.DataFrame:
     """Per loop: load entropy (nats) of the expert-fraction distribution, its maximum log E,
     normalised entropy, number of dead experts, and max/mean load ratio. Tidy
     ``loop, metric, value``."""
-    load = expert_load(expert_ids, n_experts)
-    E = int(n_experts)
+    return summarize_load(expert_load(expert_ids, n_experts))
+
+
+def summarize_load(load: pd.DataFrame) -> pd.DataFrame:
+    """:func:`load_summary` of an :func:`expert_load` / :func:`load_from_counts` table."""
+    E = int(load["expert"].nunique())
     rows = []
     for t, g in load.groupby("loop"):
         p = g["fraction"].to_numpy()

@@ -67,10 +67,13 @@ class StreamingCKA:
     ``kind="minibatch"`` it instead sums per-batch unbiased HSICs (Nguyen et al. 2021).
 
     Stored: the upper block triangle of the ``[loop·d, loop·d]`` cross-product (float64), per-loop
-    sums, and ``[loop, loop]`` / ``[loop·d, loop]`` moment tables.
+    sums, and ``[loop, loop]`` / ``[loop·d, loop]`` moment tables. ``shift`` ``[loop, d]`` is the
+    constant subtracted from every token (default: the first batch's mean); accumulators of
+    disjoint tokens that share it add up exactly to one over all of them (:meth:`merge`,
+    :meth:`state_dict`: what processes all-reduce).
     """
 
-    def __init__(self, n_loops: int, d: int, kind: Kind = "debiased") -> None:
+    def __init__(self, n_loops: int, d: int, kind: Kind = "debiased", shift: Any = None) -> None:
         self.n_loops = check_int("n_loops", n_loops, 1)
         self.d = check_int("d", d, 1)
         if kind not in KINDS:
@@ -78,6 +81,11 @@ class StreamingCKA:
         self.kind = kind
         self.n = 0
         self._shift: torch.Tensor | None = None
+        if shift is not None:
+            sh = _as_float(shift, "shift")
+            if tuple(sh.shape) != (n_loops, d):
+                raise MythosLensError(f"shift of shape {tuple(sh.shape)}", f"[{n_loops}, {d}]")
+            self._shift = sh.reshape(n_loops, 1, d)
         self._hsic_sum = torch.zeros(n_loops, n_loops, dtype=torch.float64)
         self._reset_moments()
 
@@ -130,6 +138,53 @@ class StreamingCKA:
         self._AA += sq64.transpose(0, 1) @ sq64
         self._ZA += (z.transpose(0, 1) @ sq).to(torch.float64)
         self._m += nb
+
+    MOMENTS = ("G", "S", "A", "AA", "ZA", "hsic_sum", "n", "m")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything accumulated: the moments (:data:`MOMENTS`, float64, which add over
+        disjoint tokens) and ``shift`` ``[loop, d]`` (absent before the first batch)."""
+        state = {"G": self._G, "S": self._S, "A": self._A, "AA": self._AA, "ZA": self._ZA,
+                 "hsic_sum": self._hsic_sum, "n": torch.tensor(float(self.n), dtype=torch.float64),
+                 "m": torch.tensor(float(self._m), dtype=torch.float64)}  # fmt: skip
+        if self._shift is not None:
+            state["shift"] = self._shift.reshape(self.n_loops, self.d)
+        return {k: v.clone() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> StreamingCKA:
+        """Replace the accumulated state by `state` (from :meth:`state_dict`)."""
+        missing = [k for k in self.MOMENTS if k not in state]
+        if missing:
+            raise MythosLensError(f"CKA state without {missing}", f"keys {list(self.MOMENTS)}")
+        L, d = self.n_loops, self.d
+        shapes = {"G": (L * d, L * d), "S": (L, d), "A": (L,), "AA": (L, L), "ZA": (L * d, L),
+                  "hsic_sum": (L, L), "n": (), "m": ()}  # fmt: skip
+        for k, shape in shapes.items():
+            if tuple(state[k].shape) != shape:
+                raise MythosLensError(f"CKA state {k} of shape {tuple(state[k].shape)}", f"{shape}")
+        self._G, self._S, self._A = (state[k].to(torch.float64).clone() for k in ("G", "S", "A"))
+        self._AA, self._ZA = state["AA"].double().clone(), state["ZA"].double().clone()
+        self._hsic_sum = state["hsic_sum"].double().clone()
+        self.n, self._m = int(state["n"]), int(state["m"])
+        shift = state.get("shift")
+        self._shift = None if shift is None else shift.reshape(L, 1, d).clone()
+        return self
+
+    def merge(self, other: StreamingCKA) -> StreamingCKA:
+        """Add `other`'s tokens (same loops, width, kind and shift) to this accumulator."""
+        if (other.n_loops, other.d, other.kind) != (self.n_loops, self.d, self.kind):
+            raise MythosLensError(f"a {other.kind} CKA of {other.n_loops} loops × {other.d}",
+                                  f"{self.kind}, {self.n_loops} loops × {self.d}")  # fmt: skip
+        mine, theirs = self.state_dict(), other.state_dict()
+        if (
+            "shift" in mine
+            and "shift" in theirs
+            and not torch.equal(mine["shift"], theirs["shift"])
+        ):
+            raise MythosLensError("CKA accumulators with different shifts", "one shared shift")
+        merged = {k: mine[k] + theirs[k] for k in self.MOMENTS}
+        shift = mine.get("shift", theirs.get("shift"))
+        return self.load_state_dict(merged if shift is None else {**merged, "shift": shift})
 
     def _block(self, t: int, u: int) -> torch.Tensor:
         d = self.d

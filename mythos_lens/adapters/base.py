@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mythos_lens.sites import SiteTable
+from mythos_lens.sites import LAYER, SiteTable
 
 Readout = Callable[[torch.Tensor], torch.Tensor]
 
@@ -34,6 +34,14 @@ ROLES = {
     "cum_halt": "cumulative halting probability per step (ACT's exit rule)",
     "attention": "attention pattern of the shared block per step (opt-in)",
 }
+
+
+def layer_hook(site: str, attention: bool) -> tuple[str, str]:
+    """(group, hook name) of a layer site: ``coda`` -> (coda, hook_resid_post);
+    ``coda_attn`` -> (coda, hook_attn_pattern)."""
+    if attention:
+        return site.removesuffix("_attn"), "hook_attn_pattern"
+    return site, "hook_resid_post"
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,20 @@ class Adapter:
     def layer_count(self, model: Any, group: str) -> int:
         """How many layers a layer-site group (e.g. ``coda``) has in `model`."""
         return self.layers(model).get(group, 0)
+
+    def hook_name(self, site: str, step: int | None = None, layer: int | None = None) -> str:
+        """`site`'s TransformerLens hook name (``HookedMythos`` and ``collect`` columns):
+        ``{prefix}.{step}.hook_{site}`` for a stepped site (``recurrent.loop.3.hook_resid_post``),
+        ``{group}.{layer}.hook_resid_post`` / ``.hook_attn_pattern`` for a layer site,
+        ``hook_{site}`` for a stream site."""
+        spec = self.sites[site]
+        if spec.stepped:
+            prefix = next(k.hook_prefix for k in self.steps if k.name == spec.step)
+            return f"{prefix}.{step}.hook_{site}"
+        if spec.step == LAYER:
+            group, hook = layer_hook(site, spec.attention)
+            return f"{group}.{layer}.{hook}"
+        return f"hook_{site}"
 
     def has(self, *roles: str) -> bool:
         """Whether the model has every one of `roles`."""

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from mythos_lens.adapters.base import Adapter, StepKind
+from mythos_lens.dispatch import is_dispatched
 from mythos_lens.errors import MythosLensError, check_int
 from mythos_lens.inputs import as_input_ids
 from mythos_lens.sites import Site, SiteTable
@@ -181,15 +182,20 @@ def generate(
 
 def logit_lens(model: Any):
     """``h [..., d] -> lm_head(h)``: the stacks end in a weightless norm, so this reads any
-    L or H state the way the model reads its last H state."""
-    head_w = model.lm_head.weight.detach()
+    L or H state the way the model reads its last H state. A head accelerate dispatched runs
+    its own forward (its hook loads the offloaded weight)."""
+    head = model.lm_head
+    head_w = None if is_dispatched(head) else head.weight.detach()
+    width = model.config.hidden_size
 
     def readout(h: torch.Tensor) -> torch.Tensor:
-        if not isinstance(h, torch.Tensor) or h.shape[-1] != head_w.shape[1]:
+        if not isinstance(h, torch.Tensor) or h.shape[-1] != width:
             raise MythosLensError(
                 f"logit lens input of shape {tuple(getattr(h, 'shape', ()))}",
-                f"[..., {head_w.shape[1]}] (hidden size)",
+                f"[..., {width}] (hidden size)",
             )
+        if head_w is None:
+            return head(h)
         return torch.nn.functional.linear(h.to(head_w.dtype), head_w)
 
     return readout

@@ -44,7 +44,9 @@ PATCH_CHUNK = 8
 class CausalCollector:
     """Per-batch causal instruments of one model at the query position (bounded memory)."""
 
-    def __init__(self, model: Any, n_loops: int, patch_examples: int) -> None:
+    def __init__(
+        self, model: Any, n_loops: int, patch_examples: int, exit_rules: bool = True
+    ) -> None:
         self.model = model
         self.adapter = adapter_for(model)
         self.roles = dict(self.adapter.roles)
@@ -52,6 +54,7 @@ class CausalCollector:
         self.patch_examples = patch_examples
         self.depth = Sums()
         self.depth_counts = np.zeros(n_loops + 1, dtype=np.int64)
+        self.exit_rules = exit_rules  # per-token exit steps are kept (not a sum) when True
         self.exits: list[pd.DataFrame] = []
         self.reads = Sums()
         self.patch = Sums()
@@ -83,14 +86,15 @@ class CausalCollector:
                                          ["loop", "metric"], "v", 1.0)  # fmt: skip
         d = effective_depth(ex, final).reshape(-1)
         self.depth_counts += np.bincount(d.numpy(), minlength=self.n_loops + 1)
-        halt = self.roles.get("cum_halt")
-        h0 = self.roles.get("state_in")
-        self.exits.append(exit_steps(
-            ex, final, tr[self.roles["state"]][:, :, sl],
-            h0=None if h0 is None else tr[h0][:, sl],
-            cum_halt_prob=None if halt is None else tr[halt][:, :, sl],
-            act_threshold=tr.meta.get("act_threshold") if halt else None, target_ids=target,
-        ))  # fmt: skip
+        if self.exit_rules:
+            halt = self.roles.get("cum_halt")
+            h0 = self.roles.get("state_in")
+            self.exits.append(exit_steps(
+                ex, final, tr[self.roles["state"]][:, :, sl],
+                h0=None if h0 is None else tr[h0][:, sl],
+                cum_halt_prob=None if halt is None else tr[halt][:, :, sl],
+                act_threshold=tr.meta.get("act_threshold") if halt else None, target_ids=target,
+            ))  # fmt: skip
         if batch is None or task is None:
             return
         attn = self.roles.get("attention")
@@ -144,8 +148,9 @@ class CausalCollector:
         wide = wide.merge(self.matters(), on="loop", how="left")
         wide["n"] = int(self.depth_counts.sum())
         out["effective_depth"] = wide.assign(checkpoint=name)
-        steps = pd.concat(self.exits, ignore_index=True)
-        out["exit_rules"] = exit_rule_summary(steps).assign(checkpoint=name, n=len(steps))
+        if self.exits:
+            steps = pd.concat(self.exits, ignore_index=True)
+            out["exit_rules"] = exit_rule_summary(steps).assign(checkpoint=name, n=len(steps))
         out["attention_reads"] = _wide(self.reads, ["loop", "head"]).assign(checkpoint=name)
         patch = _wide(self.patch, ["loop", "pos"])
         if len(patch):

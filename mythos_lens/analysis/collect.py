@@ -4,6 +4,10 @@ Per batch (every loop running): exact debiased CKA of ``h_t``, ``Δh_t`` and ``b
 token (streamed), token-weighted sums of per-batch means (router overlap, lenses, convergence,
 LoRA-ablation effects, accuracy), and a capped buffer of the first ``probe_examples`` sequences at
 the query position for the probes, load and LoRA-size tables.
+
+``streaming_only=True`` keeps just the instruments whose state is a sum over batches (CKA
+moments, router overlap, lenses, convergence, accuracy, effective depth, expert counts): what
+``mythos-lens collect`` adds across processes (``mythos_lens.activations.instruments``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mythos_lens.errors import MythosLensError
 from mythos_lens.interventions import AblateLora, SetLoraScale
 from mythos_lens.tasks.base import TaskBatch
 from mythos_lens.tasks.pointer import PointerTask
+from mythos_lens.trace import Trace
 from probes.convergence import lens_kl_table, spectral_radius, step_table
 from probes.lens import apply_lens, lens_table
 from probes.lora import ablation_effects
@@ -46,6 +51,9 @@ class Collector:
         position: the query position (negative counts from the end).
         probe_examples: sequences kept at the query position for probes.
         seed: base seed for lens control tokens.
+        streaming_only: only instruments that are sums over batches (no LoRA-ablation runs,
+            spectral radius, probe buffer, exit rules, attention reads or patching); expert
+            loads are counted at the query position over every sequence.
     """
 
     def __init__(
@@ -58,11 +66,15 @@ class Collector:
         spectral_examples: int = 4,
         spectral_iters: int = 30,
         patch_examples: int = 0,
+        streaming_only: bool = False,
     ) -> None:
         self.model = model
         self.adapter = adapter_for(model)
         self.roles = dict(self.adapter.roles)
-        self.causal = CausalCollector(model, n_loops, patch_examples)
+        self.streaming_only = streaming_only
+        if streaming_only:
+            probe_examples = patch_examples = 0
+        self.causal = CausalCollector(model, n_loops, patch_examples, exit_rules=not streaming_only)
         self.spectral_examples = spectral_examples
         self.spectral_iters = spectral_iters
         self.n_loops = n_loops
@@ -81,6 +93,7 @@ class Collector:
         self.n_seen = 0
         self.n_tokens = 0
         self.spectral: pd.DataFrame | None = None
+        self.expert_counts: torch.Tensor | None = None  # [loop, E] at the query position
         self._readouts = {name: make(model) for name, make in self.adapter.readouts.items()}
 
     def site(self, role: str) -> str | None:
@@ -88,15 +101,30 @@ class Collector:
         return self.roles.get(role)
 
     # -- per batch ----------------------------------------------------------------------------
-    def update(
-        self, ids: torch.Tensor, batch: TaskBatch | None, task: PointerTask | None, index: int
-    ) -> None:
-        """Add one batch ``ids [B, T]`` (with its labels ``batch`` when known)."""
+    def capture_sites(self, task: PointerTask | None) -> list[str]:
+        """The sites :meth:`update` needs in a trace."""
         sites = [self.roles[r] for r in CAPTURE_ROLES if r in self.roles]
         sites += [s for s in self.adapter.exit_sites if s not in sites]  # the exit lens's inputs
-        if hasattr(task, "pair_truth") and "attention" in self.roles:
+        wants_reads = hasattr(task, "pair_truth") and not self.streaming_only
+        if wants_reads and "attention" in self.roles:
             sites.append(self.roles["attention"])
-        tr = capture(self.model, ids, n_loops=self.n_loops, sites=sites, run_all_loops=True)
+        return sites
+
+    def update(
+        self,
+        ids: torch.Tensor,
+        batch: TaskBatch | None,
+        task: PointerTask | None,
+        index: int,
+        trace: Trace | None = None,
+    ) -> None:
+        """Add one batch ``ids [B, T]`` (with its labels ``batch`` when known); `trace` is its
+        capture when the caller made it (every loop run, :meth:`capture_sites` at every
+        position), else it is captured here."""
+        tr = trace
+        if tr is None:
+            tr = capture(self.model, ids, n_loops=self.n_loops, sites=self.capture_sites(task),
+                         run_all_loops=True)  # fmt: skip
         if tr.n_loops != self.n_loops:
             raise MythosLensError(f"{tr.n_loops} loops ran", f"{self.n_loops}")
         B, T = ids.shape
@@ -104,20 +132,17 @@ class Collector:
         h = tr[self.roles["state"]]
         e = tr[self.roles["state_in"]] if "state_in" in self.roles else None
         if not self.cka:  # sizes come from the first batch
-            self.d = h.shape[-1]
-            for role in CKA_ROLES:
-                if role != "block_out" or "block_out" in self.roles:
-                    self.cka[role] = StreamingCKA(self.n_loops, self.d, "debiased")
-        self.cka["state"].update(h)
-        self.cka["delta"].update(loop_deltas(h, e))
-        if "block_out" in self.cka:
-            self.cka["block_out"].update(tr[self.roles["block_out"]])
+            self.start(tr)
+        for role, x in self._cka_inputs(tr).items():
+            self.cka[role].update(x)
         self.n_seen += B
         self.n_tokens += B * T
 
         if "experts" in self.roles:
             experts = tr[self.roles["experts"]]
             self.k, self.E = experts.shape[-1], int(tr.meta["n_experts"])
+            if self.streaming_only:
+                self._count_experts(experts[:, :, q])
             ov = router_overlap(experts, self.E)
             for metric in ("overlap_at_k", "jaccard"):
                 self.router.add_table(ov.assign(metric=metric), ["loop_a", "loop_b", "metric"],
@@ -148,7 +173,7 @@ class Collector:
             self.conv.add_table(kl, ["loop", "metric"], "value", 1.0)
         self.causal.update(tr, ids, batch, task, q, exit_lg)
 
-        if "lora" in self.roles:
+        if "lora" in self.roles and not self.streaming_only:
             self._ablate(ids, final, target, q, B)
         if target is not None:
             ok = (final[:, 0].argmax(-1) == batch.answer).double()
@@ -159,9 +184,33 @@ class Collector:
                 w = float((batch.hops == hop).sum())
                 for k, v in ch.items():
                     self.accuracy.add((f"chance_{k}", int(hop)), float(v), w)
-        if self.spectral is None and self.adapter.loop_step is not None:
+        if self.spectral is None and self.adapter.loop_step is not None and not self.streaming_only:
             self.spectral = self._spectral(tr, ids)
         self._keep(tr, ids, batch, q)
+
+    def _cka_inputs(self, tr: Trace) -> dict[str, torch.Tensor]:
+        """Per CKA role, ``[loop, batch, pos, d]``: h_t, Δh_t (from h_0 when known), block out."""
+        h = tr[self.roles["state"]]
+        e = tr[self.roles["state_in"]] if "state_in" in self.roles else None
+        out = {"state": h, "delta": loop_deltas(h, e)}
+        if "block_out" in self.roles:
+            out["block_out"] = tr[self.roles["block_out"]]
+        return out
+
+    def start(self, tr: Trace) -> None:
+        """Size the CKA accumulators from `tr` and shift each by `tr`'s mean (exact for any
+        constant): processes that start from the same trace add their sums up exactly."""
+        for role, x in self._cka_inputs(tr).items():
+            self.d = x.shape[-1]
+            shift = x.reshape(x.shape[0], -1, self.d).mean(1)
+            self.cka[role] = StreamingCKA(self.n_loops, self.d, "debiased", shift=shift)
+
+    def _count_experts(self, experts: torch.Tensor) -> None:
+        """Add ``experts [loop, batch, k]`` to the per-loop expert counts."""
+        L = experts.shape[0]
+        counts = torch.stack([torch.bincount(experts[t].reshape(-1), minlength=self.E)
+                              for t in range(L)])  # fmt: skip
+        self.expert_counts = counts if self.expert_counts is None else self.expert_counts + counts
 
     def _ablate(self, ids, final, target, q, B) -> None:
         runs: dict[str, dict[int, torch.Tensor]] = {"ablate_lora": {}}

@@ -69,6 +69,12 @@ class Inputs:
     task: PointerTask | None = None
     source: str = ""
 
+    def labels(self, rows: slice) -> TaskBatch | None:
+        """The task labels of `rows` (None without labels)."""
+        if self.batch is None:
+            return None
+        return TaskBatch(**{k: v[rows] for k, v in self.batch.tensors().items()})
+
 
 def task_inputs(task: PointerTask, n: int, seed: int, hops: Sequence[int] | None) -> Inputs:
     """``n`` held-out examples of ``task`` (hop counts uniform over ``hops``; default 1 … K)."""

@@ -35,7 +35,6 @@ from mythos_lens.checkpoint import checkpoint_metadata, load_task
 from mythos_lens.errors import MythosLensError
 from mythos_lens.loading import check_model_dir, load_model, load_tokenizer
 from mythos_lens.model import check_n_loops
-from mythos_lens.tasks.base import TaskBatch
 
 
 def analyze_model(
@@ -61,11 +60,8 @@ def analyze_model(
     bar = tqdm(starts, desc=f"{name}: batches", leave=False, disable=not cfg.progress)
     for i, s in enumerate(bar):
         sl = slice(s, s + cfg.batch_size)
-        batch = None
-        if inputs.batch is not None:
-            batch = TaskBatch(**{k: v[sl] for k, v in inputs.batch.tensors().items()})
         with torch.no_grad():
-            col.update(ids[sl], batch, inputs.task, i)
+            col.update(ids[sl], inputs.labels(sl), inputs.task, i)
         if on_batch is not None:
             on_batch(i)
     from threadpoolctl import threadpool_limits

@@ -36,6 +36,19 @@ class Sums:
             if n:
                 self.add(k if isinstance(k, tuple) else (k,), float(v), weight * n)
 
+    def records(self) -> list[list]:
+        """``[*key, Σ w·v, Σ w]`` per key, sorted, JSON-ready (numpy scalars become Python's)."""
+        plain = lambda x: x.item() if isinstance(x, np.generic) else x  # noqa: E731
+        return [[*map(plain, k), s[0], s[1]] for k, s in sorted(self.acc.items())]
+
+    @classmethod
+    def from_records(cls, records: list[list]) -> Sums:
+        """The sums :meth:`records` gave."""
+        out = cls()
+        for r in records:
+            out.acc[tuple(r[:-2])] = [float(r[-2]), float(r[-1])]
+        return out
+
     def frame(self, names: list[str]) -> pd.DataFrame:
         """``names..., value, n``: the weighted mean and total weight of every key."""
         rows = [(*k, s[0] / s[1], s[1]) for k, s in sorted(self.acc.items()) if s[1] > 0]

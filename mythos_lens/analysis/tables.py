@@ -12,6 +12,7 @@ from open_mythos.main import OpenMythos
 from mythos_lens.analysis.collect import Collector
 from mythos_lens.analysis.columns import TABLE_COLUMNS
 from mythos_lens.analysis.config import AnalyzeConfig
+from mythos_lens.capture import read_params
 from mythos_lens.evaluate import depth_accuracy
 from mythos_lens.tasks.pointer import PointerTask
 from probes.convergence import rho_A
@@ -20,9 +21,11 @@ from probes.linear import hop_matrix, loop_channels, probe, probe_loop_index, su
 from probes.lora import lora_delta_ratio, lora_scale_cosine
 from probes.routing import (
     expert_load,
+    load_from_counts,
     load_summary,
     overlap_matrix,
     random_overlap_baseline,
+    summarize_load,
 )
 
 
@@ -115,7 +118,7 @@ def collector_tables(col: Collector, model: OpenMythos, cfg: AnalyzeConfig, name
     tables["lens"] = lens
 
     conv = col.conv.frame(["loop", "metric"]).drop(columns="n")
-    params = col.adapter.params(model)
+    params = read_params(col.adapter, model)
     extra = []
     if "injection_A" in params:
         extra.append(pd.DataFrame([{"loop": -1, "metric": "rho_A",
@@ -144,6 +147,9 @@ def collector_tables(col: Collector, model: OpenMythos, cfg: AnalyzeConfig, name
         ids_all = _cat(col.buffer, "experts", 1)
         tables["load"] = load_summary(ids_all, col.E).assign(checkpoint=name)
         tables["expert_load"] = expert_load(ids_all, col.E).assign(checkpoint=name)
+    elif col.expert_counts is not None:  # streamed: every sequence at the query position
+        tables["expert_load"] = load_from_counts(col.expert_counts).assign(checkpoint=name)
+        tables["load"] = summarize_load(tables["expert_load"]).assign(checkpoint=name)
     else:
         tables["load"] = tables["expert_load"] = pd.DataFrame(columns=["loop"])
 

@@ -178,6 +178,24 @@ def hop_evidence_block(r: Path, checkpoint: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def collect_bench_block(r: Path) -> str:
+    """``analyses/bench_collect.py``'s figures: tokens/s of 1 vs 2 processes, peak RSS."""
+    b = json.loads((r / "collect" / "bench_collect.json").read_text())
+    rows = ["| model | instruments | tokens | processes | tokens/s | × of 1 process "
+            "| peak RSS per process (MB) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    base = {}
+    for s in b["summary"]:
+        key = (s["model"], s["instruments"], s["tokens"])
+        base.setdefault(key, s["tokens_per_s"])
+        rows.append(f"| `{s['model']}` | {'on' if s['instruments'] else 'off'} | {s['tokens']:,} "
+                    f"| {s['ranks']} | {s['tokens_per_s']:,.0f} | "
+                    f"{s['tokens_per_s'] / base[key]:.2f} | {s['peak_rss_mb']:.0f} |")  # fmt: skip
+    before, after = b["load_average_before"][0], b["load_average_after"][0]
+    return "\n".join([*rows, "", f"`{b['command']}`, {b['cpus']} CPUs, load average {before:.1f} "
+                      f"before and {after:.1f} after (medians of {b['summary'][0]['runs']} "
+                      "run(s) per row; one thread per process)."])  # fmt: skip
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "lora-verdict": lora_verdict_block,
     "lora-endpoints": lora_endpoints_block,
@@ -187,6 +205,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "hop-evidence": hop_evidence_block,
     # upstream's ACT readout beside it: what its loops compute and how much of it reaches the coda
     "hop-evidence-act": lambda r: hop_evidence_block(r, "pointer-lora-off"),
+    "collect-bench": collect_bench_block,
 }
 _BLOCK = re.compile(r"<!-- results:([\w-]+) -->\n(.*?)\n<!-- /results:\1 -->", re.S)
 

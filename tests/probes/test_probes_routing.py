@@ -14,6 +14,7 @@ from probes.routing import (
     coactivation,
     expert_load,
     expert_visits,
+    load_from_counts,
     load_summary,
     overlap_matrix,
     random_overlap_baseline,
@@ -128,3 +129,15 @@ def test_on_a_real_capture():
     assert (load.groupby("loop")["count"].sum() == 2 * 6 * k).all()
     v = expert_visits(tr.loop["expert_ids"], E, tr.loop["expert_weights"])
     assert np.allclose(v.groupby(["loop", "batch", "pos"])["weight"].sum(), 1.0, atol=1e-5)
+
+
+def test_load_from_summed_counts_equals_the_load_of_all_ids():
+    g = torch.Generator().manual_seed(2)
+    ids = torch.stack([torch.randperm(6, generator=g)[:2] for _ in range(3 * 4 * 5)]).view(
+        3, 4, 5, 2
+    )
+    counts = [torch.stack([torch.bincount(p[t].reshape(-1), minlength=6) for t in range(3)])
+              for p in (ids[:, :1], ids[:, 1:])]  # fmt: skip
+    pd.testing.assert_frame_equal(load_from_counts(counts[0] + counts[1]), expert_load(ids, 6))
+    with pytest.raises(MythosLensError, match="non-negative"):
+        load_from_counts(-torch.ones(2, 3, dtype=torch.int64))

@@ -149,3 +149,22 @@ def test_bad_inputs():
         acc.update(torch.full((2, 10, 3), float("nan")))
     with pytest.raises(MythosLensError, match="tokens"):
         cka_matrix(rand(2, 3, 4), "debiased")
+
+
+def test_streaming_cka_sums_of_disjoint_tokens_add_up_to_one_over_all(tmp_path):
+    """What processes all-reduce: two accumulators sharing a shift, merged (or their saved
+    states summed), give the CKA of every token; a different shift is refused."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 40, 5, generator=g, dtype=torch.float64) + 2.0
+    whole = StreamingCKA(3, 5, "debiased").update(x)
+    shift = x[:, :7].mean(1)
+    a = StreamingCKA(3, 5, "debiased", shift=shift).update(x[:, :17])
+    b = StreamingCKA(3, 5, "debiased", shift=shift).update(x[:, 17:])
+    torch.testing.assert_close(a.merge(b).matrix(), whole.matrix(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.matrix(), cka_matrix(x, "debiased"), rtol=1e-12, atol=1e-12)
+    again = StreamingCKA(3, 5, "debiased").load_state_dict(a.state_dict())
+    assert torch.equal(again.matrix(), a.matrix())
+    with pytest.raises(MythosLensError, match="different shifts"):
+        a.merge(StreamingCKA(3, 5, "debiased").update(x[:, :4]))
+    with pytest.raises(MythosLensError, match="shift of shape"):
+        StreamingCKA(3, 5, "debiased", shift=torch.zeros(5))
